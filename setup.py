@@ -1,0 +1,50 @@
+"""terrafm-jax: open pretraining code for TerraFM (Sentinel-1 + Sentinel-2) in JAX/Flax."""
+from setuptools import find_packages, setup
+
+# Versions are ranges that the CI machine (CPU, Python 3.11) resolves to a tested set.
+# torch is pinned exactly: a loose torch requirement pulls a multi-GB CUDA build.
+TORCH = "torch==2.13.0"
+
+setup(
+    name="terrafm-jax",
+    version="0.1.0",
+    description="TerraFM (multi-sensor Sentinel-1/2 DINO ViT) pretraining, export and evaluation in JAX/Flax",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=("terrafm_jax", "terrafm_jax.*")),
+    install_requires=[
+        "jax>=0.10.2,<0.11",
+        "jaxlib>=0.10.2,<0.11",
+        "flax>=0.12.8,<0.13",
+        "optax>=0.2.8,<0.3",
+        "orbax-checkpoint>=0.12.8,<0.13",
+        "grain>=0.2.18,<0.3",
+        "tensorflow-datasets>=4.9.10,<5",
+        "array-record>=0.8.6",
+        "ml-collections>=1.1.0,<2",
+        "clu>=0.0.12",
+        "tensorboardX>=2.6.5",
+        "numpy>=2.0",
+        "scipy>=1.13",
+        "pandas>=2.2",
+        "pyarrow>=17",
+        "rasterio>=1.4",
+        "safetensors>=0.4",
+        "tqdm>=4.66",
+        "absl-py>=2.1",
+        "etils[epath]>=1.7",
+        "h5py>=3.11",
+    ],
+    extras_require={
+        "torch": [TORCH],
+        "test": [TORCH, "pytest>=8", "pytest-xdist>=3.6"],
+    },
+    entry_points={
+        "console_scripts": [
+            "terrafm-export=terrafm_jax.export.cli:main",
+            "terrafm-train=terrafm_jax.train.main:run",
+        ],
+    },
+)
