@@ -1,0 +1,104 @@
+"""Orbax checkpoints holding everything needed to continue exactly (DESIGN.md decision 6).
+
+One CheckpointManager step = Composite items:
+  state   : TrainState (student, teacher, optimizer, centers, step, rng, bad_step), sharded arrays
+  data    : the Grain iterator state (one JSON file per process)
+  config  : the run's config (JSON, for the record; the command line config wins on resume)
+  contract: the input contract (JSON; checked on resume)
+
+Orbax writes a step into a temporary directory and renames it only once every item of every
+process is committed, so a step half-written when the process died is invisible to
+`latest_step()` and is never restored. Restores take abstract targets carrying the *current*
+shardings, so a checkpoint saved on one mesh restores onto any other (8 -> 4 -> 1 devices).
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import grain
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+from absl import logging
+
+from terrafm_jax.data.contract import InputContract
+
+STATE, DATA, CONFIG, CONTRACT = "state", "data", "config", "contract"
+
+
+def make_manager(workdir: str, ckpt_cfg: ml_collections.ConfigDict) -> ocp.CheckpointManager:
+  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=ckpt_cfg.keep,
+      save_interval_steps=ckpt_cfg.every_steps,
+      enable_async_checkpointing=ckpt_cfg.use_async,
+      # Leftover temporary directories of a killed save are deleted at start-up.
+      cleanup_tmp_directories=True,
+      create=True,
+  )
+  return ocp.CheckpointManager(directory, options=options,
+                               item_names=(STATE, DATA, CONFIG, CONTRACT))
+
+
+def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iter: Any,
+         config: ml_collections.ConfigDict, contract: InputContract, *, force: bool = False) -> bool:
+  """Start an (async) save of `step`; returns whether a save was started."""
+  items = {STATE: ocp.args.StandardSave(state),
+           CONFIG: ocp.args.JsonSave(json.loads(config.to_json_best_effort())),
+           CONTRACT: ocp.args.JsonSave(contract.to_dict())}
+  if data_iter is not None and hasattr(data_iter, "get_state"):
+    items[DATA] = grain.checkpoint.CheckpointSave(data_iter)
+  return manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+
+def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any, data_iter: Any,
+            contract: InputContract | None = None) -> Any:
+  """Restore the state (onto the shardings in `abstract_state`) and the iterator in place."""
+  items = {STATE: ocp.args.StandardRestore(abstract_state)}
+  has_data = data_iter is not None and hasattr(data_iter, "set_state")
+  if has_data:
+    items[DATA] = grain.checkpoint.CheckpointRestore(data_iter)
+  if contract is not None:
+    items[CONTRACT] = ocp.args.JsonRestore()
+  out = manager.restore(step, args=ocp.args.Composite(**items))
+  if contract is not None and out[CONTRACT] is not None:
+    contract.check_compatible(InputContract.from_dict(out[CONTRACT]),
+                              what=f"checkpoint step {step}")
+  logging.info("restored checkpoint step %d from %s", step, manager.directory)
+  return out[STATE]
+
+
+def restore_teacher(ckpt_dir: str, step: int | None = None,
+                    abstract_params: Any | None = None, *, encoder_only: bool = True) -> Any:
+  """The teacher (the model to evaluate and export) from a training checkpoint directory.
+
+  `ckpt_dir` is `<workdir>/checkpoints`. Only the teacher subtree is read (partial restore), so
+  student and optimizer state never occupy memory. With `abstract_params` (ShapeDtypeStructs with
+  shardings) the arrays land sharded; otherwise they are restored as host-local numpy-backed
+  arrays. Returns the encoder params (backbone) or, with encoder_only=False, {"encoder", "head"}.
+  """
+  with ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(read_only=True),
+                             item_names=(STATE,)) as mngr:
+    step = mngr.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no complete checkpoint in {ckpt_dir}")
+    meta = mngr.item_metadata(step)[STATE]
+    tree = meta.tree if hasattr(meta, "tree") else meta
+    teacher_meta = tree["teacher"]
+    if abstract_params is None:
+      rep = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+      abstract_params = jax.tree.map(
+          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=rep), teacher_meta)
+    elif encoder_only and "encoder" not in abstract_params:
+      abstract_params = {"encoder": abstract_params,
+                         "head": jax.tree.map(lambda m: jax.ShapeDtypeStruct(
+                             m.shape, m.dtype, sharding=jax.sharding.SingleDeviceSharding(
+                                 jax.local_devices()[0])), teacher_meta["head"])}
+    target = {"teacher": abstract_params}
+    out = mngr.restore(step, args=ocp.args.Composite(**{STATE: ocp.args.PyTreeRestore(
+        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+        partial_restore=True)}))
+  teacher = out[STATE]["teacher"]
+  return teacher["encoder"] if encoder_only else teacher

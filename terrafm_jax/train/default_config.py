@@ -1,0 +1,139 @@
+"""The pretraining config schema, with the paper recipe as defaults (METHOD.md 2, 3, 6).
+
+configs/*.py start from `get_base_config(variant)` and override. Every value used by the trainer
+is a field here; `validate` turns impossible combinations into clear errors before anything runs.
+Tuples, not lists: ml_collections can override tuples from the command line.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from terrafm_jax.models import axes
+from terrafm_jax.models import config as model_config
+from terrafm_jax.models import variants
+
+
+def get_base_config(variant: str = "B/16") -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.global_batch_size = 1024
+  c.num_epochs = 150
+  # Steps per epoch: -1 = dataset size // global batch ("epoch" = one pass over the multimodal
+  # tiles, METHOD.md 9 #6). total_steps: -1 = num_epochs * steps_per_epoch.
+  c.steps_per_epoch = -1
+  c.total_steps = -1
+
+  c.model = model_config.get_model_config(variant)
+  c.model.drop_path_rate = 0.1
+  c.model.dtype = "bfloat16"
+
+  c.data = ml_collections.ConfigDict()
+  c.data.data_dir = ""              # prepared shards (terrafm_jax.data.prepare); "" = built-in synthetic
+  c.data.builtin = ml_collections.ConfigDict(dict(
+      root="", num_cells=64, cell_size=64, tile_size=32, seed=0))
+  c.data.num_examples = -1          # -1 = length of the prepared dataset
+  c.data.n_global = 2
+  c.data.n_local = 6
+  c.data.global_size = 224
+  c.data.local_size = 96
+  c.data.global_scale = (0.25, 1.0)
+  c.data.local_scale = (0.05, 0.25)
+  c.data.crop_method = "bicubic"
+  c.data.worker_count = 4
+  c.data.pipeline_kwargs = ml_collections.ConfigDict()  # passed through to make_train_iterator
+
+  c.dino = ml_collections.ConfigDict()
+  c.dino.student_temp = 0.1
+  c.dino.warmup_teacher_temp = 0.04
+  c.dino.teacher_temp = 0.06
+  c.dino.warmup_teacher_temp_epochs = 30.0
+  c.dino.momentum_teacher = 0.996
+  c.dino.momentum_teacher_end = 1.0
+  c.dino.center_momentum = 0.9      # m (DINO default)
+  c.dino.center_h_momentum = 0.9    # m_h, not published
+  c.dino.alpha = 0.8                # weight of the batch center c vs the land-cover center c_h
+  # H: WorldCover class indices (DATA.md 3) treated as "high-frequency"; the published examples are
+  # tree cover (0), grassland (2) and open sea (7 = permanent water). () disables c_h updates.
+  c.dino.high_freq_classes = (0, 2, 7)
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.base_lr = 5e-4            # per lr_batch_reference images (DINO scaling rule)
+  c.optim.lr_batch_reference = 256
+  c.optim.min_lr = 1e-6
+  c.optim.warmup_epochs = 10.0
+  c.optim.weight_decay = 0.04
+  c.optim.weight_decay_end = 0.4
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.999
+  c.optim.eps = 1e-8
+  c.optim.clip_grad = 3.0           # per parameter tensor; 0 disables
+  c.optim.freeze_last_layer_epochs = 1.0
+  c.optim.freeze_regex = r"^head/last_layer$"
+  # No decay on biases and 1-D tensors (norm scales); decay forced on these names (DINO decays
+  # cls_token, pos_embed and the (1, A) modality embeddings, which are not 1-D).
+  c.optim.wd_exclude_regex = r"(^|/)bias$"
+  c.optim.wd_include_regex = r"(cls_token|pos_embed|_embed)$"
+
+  # Mesh axis sizes (-1 = the rest of the devices) and logical -> mesh axis rules.
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
+  c.logical_axis_rules = axes.DEFAULT_RULES
+
+  c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, use_async=True))
+  c.log_every_steps = 50
+  c.profile = ml_collections.ConfigDict(dict(enabled=False, first_step=10, steps=5))
+  c.peak_flops_per_device = 0.0     # 0 = look up the device kind (metrics.PEAK_FLOPS)
+
+  # Learning check at the end of the run: kNN on a held-out labelled set, trained vs random init.
+  c.knn = ml_collections.ConfigDict(dict(
+      enabled=False, num_cells=32, seed=12345, k=20, temperature=0.07, modality="s2_l2a",
+      img_size=-1, batch_size=64))
+
+  # Test hooks: die with SIGKILL right after the step given (after its checkpoint save started,
+  # or after it committed when die_after_commit) to test crash safety and exact resume.
+  c.debug = ml_collections.ConfigDict(dict(die_after_step=-1, die_after_commit=True))
+  return c
+
+
+def _positive(c, *names):
+  for n in names:
+    v = c
+    for part in n.split("."):
+      v = v[part]
+    if not v > 0:
+      raise ValueError(f"config.{n} must be positive, got {v!r}")
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+  """Raise ValueError with the offending field for an impossible config."""
+  variants.decode_variant(c.model.variant)
+  _positive(c, "global_batch_size", "num_epochs", "data.n_global", "data.global_size",
+            "data.local_size", "dino.student_temp", "dino.teacher_temp",
+            "dino.warmup_teacher_temp", "optim.base_lr", "optim.lr_batch_reference",
+            "log_every_steps", "checkpoint.every_steps", "checkpoint.keep")
+  if c.data.n_local < 0:
+    raise ValueError(f"config.data.n_local must be >= 0, got {c.data.n_local}")
+  p = variants.decode_variant(c.model.variant)["patch_size"]
+  for f in ("global_size", "local_size"):
+    if c.data[f] % p:
+      raise ValueError(f"config.data.{f}={c.data[f]} is not a multiple of the patch size {p}")
+  if not 0.0 <= c.dino.alpha <= 1.0:
+    raise ValueError(f"config.dino.alpha must be in [0, 1], got {c.dino.alpha}")
+  for f in ("center_momentum", "center_h_momentum", "momentum_teacher", "momentum_teacher_end"):
+    if not 0.0 <= c.dino[f] <= 1.0:
+      raise ValueError(f"config.dino.{f} must be in [0, 1], got {c.dino[f]}")
+  if any(not 0 <= k <= 10 for k in c.dino.high_freq_classes):
+    raise ValueError(f"config.dino.high_freq_classes must be WorldCover indices 0..10, got "
+                     f"{c.dino.high_freq_classes}")
+  if c.model.dtype not in ("float32", "bfloat16"):
+    raise ValueError(f"config.model.dtype must be 'float32' or 'bfloat16', got {c.model.dtype!r}")
+  if c.model.param_dtype != "float32":
+    raise ValueError("config.model.param_dtype must be 'float32' (fp32 master weights and "
+                     "optimizer state)")
+  for f in ("global_scale", "local_scale"):
+    lo, hi = c.data[f]
+    if not 0 < lo <= hi <= 1:
+      raise ValueError(f"config.data.{f}={c.data[f]} must satisfy 0 < lo <= hi <= 1")
+  if c.optim.min_lr < 0 or c.optim.weight_decay < 0 or c.optim.clip_grad < 0:
+    raise ValueError("config.optim.min_lr, weight_decay and clip_grad must be >= 0")
+  if c.global_batch_size % 1:
+    raise ValueError("config.global_batch_size must be an integer")

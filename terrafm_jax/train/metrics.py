@@ -1,0 +1,161 @@
+"""Training metrics: CLU writers and periodic actions, FLOP accounting, host-side summaries.
+
+Writers: clu.metric_writers (TensorBoard event files + log lines), with the tensorboardX-backed
+writer of tb_writer.py when TensorFlow is absent. Only process 0 writes.
+
+FLOP accounting (model FLOPs, for MFU; counts a multiply-add as 2 FLOPs, ignores norms, softmax,
+GELU, crops and the optimizer):
+  per image, encoder forward with N patch tokens (+1 CLS), width d, depth L, MLP m, A = 3d:
+    stems         2 * N * (p^2 * C) * A          for each stem computed (all three, static graph)
+    projection    2 * N * (2 A^2 + A d)          proj1, proj2, proj3
+    fusion        2 * N * (A^2 + 2 N_q A)        K projection + query scores/values (when fused)
+    blocks        L * [2 * (N+1) * (4 d^2 + 2 d m) + 4 * (N+1)^2 * d]
+    head          2 * (d h + (nlayers-2) h^2 + h b + b K)
+  step = 3 x student forward (forward + backward = 3 forwards) on all crops
+       + 1 x teacher forward on the global crops.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from terrafm_jax.train import tb_writer
+
+tb_writer.install()
+from clu import metric_writers  # pylint: disable=g-import-not-at-top,wrong-import-position
+from clu import parameter_overview  # pylint: disable=g-import-not-at-top,wrong-import-position
+from clu import periodic_actions  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from terrafm_jax.data.contract import MODALITIES  # pylint: disable=wrong-import-position
+from terrafm_jax.models import variants  # pylint: disable=wrong-import-position
+
+CATEGORIES = MODALITIES + ("fused",)
+# WorldCover classes in index order (DATA.md 3), for the sampler-exposure metric names.
+WORLDCOVER = ("tree", "shrub", "grass", "crop", "built", "bare", "snow", "water", "wetland",
+              "mangrove", "moss")
+# Dense bf16 peak FLOP/s per chip, for MFU; unknown devices report achieved FLOP/s only.
+PEAK_FLOPS = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
+              "TPU v6 lite": 918e12, "TPU v6e": 918e12, "NVIDIA H100": 989e12,
+              "NVIDIA H200": 989e12, "NVIDIA A100": 312e12}
+
+
+def create_writer(workdir: str) -> metric_writers.MetricWriter:
+  return metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0,
+                                              asynchronous=True)
+
+
+def encoder_forward_flops(model_cfg: ml_collections.ConfigDict, img_size: int,
+                          fused: bool = True) -> float:
+  dims = variants.decode_variant(model_cfg.variant)
+  d, depth, m, p = dims["width"], dims["depth"], dims["mlp_dim"], dims["patch_size"]
+  a = 3 * d
+  n = (img_size // p) ** 2
+  stems = sum(2 * n * p * p * c * a for c in (2, 12, 12))
+  proj = 2 * n * (2 * a * a + a * d)
+  fusion = 2 * n * (a * a + 2 * model_cfg.fusion_queries * a) if fused else 0
+  t = n + 1
+  blocks = depth * (2 * t * (4 * d * d + 2 * d * m) + 4 * t * t * d)
+  return float(stems + proj + fusion + blocks)
+
+
+def head_flops(model_cfg: ml_collections.ConfigDict) -> float:
+  h = model_cfg.head
+  d = variants.decode_variant(model_cfg.variant)["width"]
+  return 2.0 * (d * h.hidden_dim + max(h.nlayers - 2, 0) * h.hidden_dim ** 2
+                + h.hidden_dim * h.bottleneck_dim + h.bottleneck_dim * h.out_dim)
+
+
+def step_flops(config: ml_collections.ConfigDict) -> float:
+  """Model FLOPs of one train step over the global batch (see the module docstring)."""
+  mc, dc = config.model, config.data
+  glob = encoder_forward_flops(mc, dc.global_size) + head_flops(mc)
+  loc = encoder_forward_flops(mc, dc.local_size) + head_flops(mc)
+  student = dc.n_global * glob + dc.n_local * loc
+  return float(config.global_batch_size * (3 * student + dc.n_global * glob))
+
+
+def peak_flops_per_device(config: ml_collections.ConfigDict) -> float | None:
+  if config.get("peak_flops_per_device"):
+    return float(config.peak_flops_per_device)
+  kind = jax.devices()[0].device_kind
+  for name, flops in PEAK_FLOPS.items():
+    if kind.startswith(name):
+      return flops
+  return None
+
+
+def log_parameter_overview(params: Any, name: str) -> None:
+  if jax.process_index() == 0:
+    logging.info("%s parameters:\n%s", name,
+                 parameter_overview.get_parameter_overview(params, include_stats=False))
+    n = sum(math.prod(x.shape) for x in jax.tree.leaves(params))
+    logging.info("%s: %.2f M parameters", name, n / 1e6)
+
+
+def log_memory_analysis(compiled: Any) -> dict[str, float]:
+  """compile().memory_analysis() in GiB per device (None on backends that do not report it)."""
+  try:
+    mem = compiled.memory_analysis()
+  except Exception as e:  # pylint: disable=broad-except
+    logging.info("memory_analysis unavailable: %s", e)
+    return {}
+  if mem is None:
+    return {}
+  fields = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
+            "alias_size_in_bytes", "generated_code_size_in_bytes")
+  out = {f.replace("_in_bytes", "_gib"): getattr(mem, f, 0) / 2**30 for f in fields}
+  if jax.process_index() == 0:
+    logging.info("train step memory per device (GiB): %s",
+                 ", ".join(f"{k}={v:.3f}" for k, v in out.items()))
+  return out
+
+
+def summarize(raw: Mapping[str, np.ndarray]) -> dict[str, float]:
+  """Device metrics (already fetched) -> flat scalars, e.g. loss/teacher_s1-student_fused."""
+  out = {}
+  for k, v in raw.items():
+    if k in ("pair_loss_sums", "pair_loss_counts"):
+      continue
+    out[k] = float(np.asarray(v))
+  sums, counts = np.asarray(raw["pair_loss_sums"]), np.asarray(raw["pair_loss_counts"])
+  for i, ti in enumerate(CATEGORIES):
+    for j, sj in enumerate(CATEGORIES):
+      if counts[i, j] > 0:  # pairs absent from this batch are not logged (no fake zeros)
+        out[f"pair_loss/teacher_{ti}-student_{sj}"] = float(sums[i, j] / counts[i, j])
+  return out
+
+
+class ClassExposure:
+  """Cumulative per-class share of the samples the sampler fed to this process."""
+
+  def __init__(self, num_classes: int = len(WORLDCOVER)):
+    self.counts = np.zeros(num_classes, np.int64)
+
+  def update(self, labels: np.ndarray) -> None:
+    labels = np.asarray(labels).reshape(-1)
+    labels = labels[(labels >= 0) & (labels < len(self.counts))]
+    self.counts += np.bincount(labels, minlength=len(self.counts))
+
+  def scalars(self) -> dict[str, float]:
+    total = max(int(self.counts.sum()), 1)
+    names = WORLDCOVER if len(self.counts) == len(WORLDCOVER) else range(len(self.counts))
+    return {f"exposure/{n}": c / total for n, c in zip(names, self.counts)}
+
+
+def periodic_actions_for(config: ml_collections.ConfigDict, workdir: str,
+                         writer: metric_writers.MetricWriter, total_steps: int) -> list[Any]:
+  """Progress (steps/s, ETA) always; a profile when config.profile.enabled."""
+  acts = []
+  if jax.process_index() == 0:
+    acts.append(periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
+                                                every_steps=config.log_every_steps))
+  if config.profile.enabled:
+    acts.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=config.profile.steps,
+                                         first_profile=config.profile.first_step,
+                                         profile_duration_ms=None))
+  return acts

@@ -1,0 +1,99 @@
+"""The DINO train step: teacher on the global views, student on all views, dual-centered loss,
+AdamW, EMA teacher, center updates. One static graph; jitted and donated by the trainer.
+
+A step whose loss or gradient norm is not finite leaves the state untouched (parameters, optimizer,
+centers) and records its index in `state.bad_step`; the host reads that flag lazily and stops, so
+the last checkpoint stays good and no per-step host sync is needed.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from terrafm_jax.data.contract import InputContract
+from terrafm_jax.train import loss as loss_lib
+from terrafm_jax.train import schedules as schedules_lib
+from terrafm_jax.train import views as views_lib
+from terrafm_jax.train.state import TrainState
+
+
+def tree_norm(tree: Any) -> jax.Array:
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
+                    scheds: schedules_lib.Schedules, config: ml_collections.ConfigDict,
+                    contract: InputContract) -> Callable[[TrainState, Mapping[str, jax.Array]],
+                                                          tuple[TrainState, dict[str, jax.Array]]]:
+  d = config.dino
+  n_g = config.data.n_global
+  compute_dtype = jnp.dtype(config.model.dtype)
+  use_drop_path = config.model.drop_path_rate > 0
+
+  def train_step(state: TrainState, batch: Mapping[str, jax.Array]):
+    step = state.step
+    key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), step)
+    k_global, k_local = jax.random.split(key)
+    views = views_lib.make_views(batch, contract, config.data, compute_dtype)
+    b = batch["label"].shape[0]
+
+    teacher_logits = model.apply({"params": state.teacher}, views.global_images,
+                                 views.teacher_mask, train=False)["logits"]
+    teacher_logits = jax.lax.stop_gradient(teacher_logits).reshape(n_g, b, -1)
+    teacher_temp = scheds.teacher_temp(step)
+
+    def student_logits(params, images, mask, rng):
+      rngs = {"drop_path": rng} if use_drop_path else {}
+      out = model.apply({"params": params}, images, mask, train=True, rngs=rngs)["logits"]
+      return out.reshape(-1, b, out.shape[-1])
+
+    def loss_fn(params):
+      s = student_logits(params, views.global_images, views.student_global_mask, k_global)
+      if views.local_images is not None:
+        s_local = student_logits(params, views.local_images, views.student_local_mask, k_local)
+        s = jnp.concatenate([s, s_local], axis=0)
+      out = loss_lib.dino_loss(s, teacher_logits, state.centers, student_temp=d.student_temp,
+                               teacher_temp=teacher_temp, alpha=d.alpha)
+      return out.loss, out
+
+    (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.student)
+    grad_norm = tree_norm(grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.student)
+    student = optax.apply_updates(state.student, updates)
+    momentum = scheds.momentum(step)
+    # EMA after the optimizer step, over every parameter (encoder, fusion, head), as DINO.
+    teacher = jax.tree.map(lambda t, s_: momentum * t + (1.0 - momentum) * s_,
+                           state.teacher, student)
+    centers, count_h = loss_lib.update_centers(
+        teacher_logits, batch["label"], state.centers, high_freq_classes=d.high_freq_classes,
+        momentum=d.center_momentum, momentum_h=d.center_h_momentum)
+
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    new_state = TrainState(
+        step=step + 1,
+        student=keep(student, state.student), teacher=keep(teacher, state.teacher),
+        opt_state=keep(opt_state, state.opt_state), centers=keep(centers, state.centers),
+        rng=state.rng,
+        bad_step=jnp.where((state.bad_step < 0) & ~finite, step, state.bad_step))
+
+    pair_sums, pair_counts = loss_lib.pair_loss_sums(out.per_sample_ce, out.pair_mask,
+                                                     batch["teacher_masks"], batch["student_masks"])
+    metrics = {
+        "loss": loss, "grad_norm": grad_norm, "param_norm": tree_norm(student),
+        "update_norm": tree_norm(updates),
+        "lr": scheds.lr(step), "wd": scheds.weight_decay(step), "momentum": momentum,
+        "teacher_temp": teacher_temp,
+        "center_norm": jnp.linalg.norm(centers.c), "center_h_norm": jnp.linalg.norm(centers.c_h),
+        "center_h_count": count_h, "finite": finite,
+        "pair_loss_sums": pair_sums, "pair_loss_counts": pair_counts,
+        **loss_lib.collapse_stats(out.teacher_probs),
+    }
+    return new_state, metrics
+
+  return train_step
