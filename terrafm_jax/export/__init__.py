@@ -1,0 +1,1 @@
+"""Conversion between Flax parameters and the released PyTorch `terrafm.py` layout."""

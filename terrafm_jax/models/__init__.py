@@ -1,0 +1,1 @@
+"""Flax (linen) modules of the TerraFM encoder and its DINO head."""

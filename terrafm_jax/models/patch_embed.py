@@ -1,0 +1,174 @@
+"""Modality-specific patch embedding, the shared TokenProjection and cross-attention fusion.
+
+Released layout (METHOD.md 1.3-1.4), per modality m in {s1, s2_l1c, s2_l2a}:
+  t_m    = conv2d_m(x_m) + m_embed                 # (B, N, A), A = 3 d
+  case 1 = proj3(proj2(norm_input(proj1(t_m))))    # one modality in the view
+
+Fusion ("case N", >= 2 modalities in a view; METHOD.md 1.5), per patch position, training-only
+parameters under `fusion/` (absent from the released checkpoint):
+  K_m = t_m @ fusion/key (A x A, no bias)          V_m = proj1(t_m)
+  z'  = MHA(fusion/queries (N_q x A), K_1..M, V_1..M)  softmax over the available modalities only
+  z'  = norm_input(z');  w = softmax_q(z' @ fusion/score (A x 1));  fused = sum_q w_q z'_q
+  out = proj3(proj2(fused))
+A sample whose mask holds exactly one modality takes the case-1 value bit for bit (selected with
+`where`, not recovered from attention weights, so there is no rounding difference).
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from terrafm_jax.data.contract import MODALITIES
+from terrafm_jax.models import axes
+from terrafm_jax.models.layers import dense, layer_norm, torch_default_conv_init
+
+Dtype = Any
+
+# Input channels of each stem (contract band counts: S1 VV,VH; S2 12 bands, L1C without B10).
+STEM_CHANNELS: dict[str, int] = {"s1": 2, "s2_l1c": 12, "s2_l2a": 12}
+# PyTorch module names of the stems and modality embeddings in the released layout.
+STEM_NAMES: dict[str, str] = {"s1": "conv2d_s1", "s2_l1c": "conv2d_s2_l1c", "s2_l2a": "conv2d_s2_l2a"}
+EMBED_NAMES: dict[str, str] = {"s1": "s1_embed", "s2_l1c": "s2_l1c_embed", "s2_l2a": "s2_l2a_embed"}
+NORM_INPUT_EPS = 1e-5  # PyTorch's LayerNorm default, NOT the ViT's 1e-6
+
+
+class TokenProjection(nn.Module):
+  """proj1 (value, no bias) -> norm_input -> proj2 -> proj3, split so fusion can sit in between."""
+  embed_dim: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  def setup(self):
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    self.proj1 = dense(self._attn_dim, (axes.ATTN_IN, axes.ATTN_DIM), use_bias=False, **kw)
+    self.norm_input = layer_norm(axes.ATTN_DIM, epsilon=NORM_INPUT_EPS, **kw)
+    self.proj2 = dense(self._attn_dim, (axes.ATTN_IN, axes.ATTN_DIM), **kw)
+    self.proj3 = dense(self.embed_dim, (axes.ATTN_IN, axes.EMBED), **kw)
+
+  @property
+  def _attn_dim(self) -> int:
+    return 3 * self.embed_dim
+
+  def value(self, t):
+    return self.proj1(t)
+
+  def norm(self, v):
+    return self.norm_input(v)
+
+  def output(self, z):
+    return self.proj3(self.proj2(z))
+
+  def __call__(self, t):
+    return self.output(self.norm(self.value(t)))
+
+
+class CrossAttentionFusion(nn.Module):
+  """Per-position attention of N_q learned queries over the available modality tokens."""
+  num_queries: int = 5
+  num_heads: int = 16
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, t: jnp.ndarray, v: jnp.ndarray, mask: jnp.ndarray, norm) -> jnp.ndarray:
+    """t, v: (B, N, M, A) stem tokens and values; mask: (B, M) bool; norm: the shared norm_input."""
+    b, n, m, a = t.shape
+    if a % self.num_heads:
+      raise ValueError(f"fusion: attn_dim {a} is not divisible by {self.num_heads} heads")
+    hd = a // self.num_heads
+    queries = self.param(
+        "queries", nn.with_logical_partitioning(nn.initializers.normal(1.0),
+                                                (axes.QUERIES, axes.ATTN_DIM)),
+        (self.num_queries, a), self.param_dtype).astype(self.dtype)
+    k = dense(a, (axes.ATTN_IN, axes.ATTN_DIM), use_bias=False, dtype=self.dtype,
+              param_dtype=self.param_dtype, name="key")(t)
+    q = queries.reshape(self.num_queries, self.num_heads, hd)
+    k = k.reshape(b, n, m, self.num_heads, hd)
+    v = v.reshape(b, n, m, self.num_heads, hd)
+    logits = jnp.einsum("qhd,bnmhd->bnhqm", q, k).astype(jnp.float32) * hd ** -0.5
+    logits = jnp.where(mask[:, None, None, None, :], logits, -jnp.inf)
+    # A sample with no modality would give NaN; its tokens are never used (see PatchEmbed).
+    logits = jnp.where(mask.any(-1)[:, None, None, None, None], logits, 0.0)
+    attn = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+    z = jnp.einsum("bnhqm,bnmhd->bnqhd", attn, v).reshape(b, n, self.num_queries, a)
+    z = norm(z)
+    score = dense(1, (axes.ATTN_DIM, None), use_bias=False, dtype=self.dtype,
+                  param_dtype=self.param_dtype, name="score")(z)[..., 0]
+    w = jax.nn.softmax(score.astype(jnp.float32), axis=-1).astype(z.dtype)
+    return jnp.einsum("bnq,bnqa->bna", w, z)
+
+
+class PatchEmbed(nn.Module):
+  """Stems + modality embeddings + TokenProjection (+ fusion); images are NHWC float arrays."""
+  patch_size: int
+  embed_dim: int
+  fusion_queries: int = 5
+  fusion_heads: int = 16
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  def setup(self):
+    a = 3 * self.embed_dim
+    p = self.patch_size
+    for mod in MODALITIES:
+      kernel_init, bias_init = torch_default_conv_init(STEM_CHANNELS[mod] * p * p)
+      # setattr gives the submodules the released names (conv2d_s1, ..., s1_embed, ...).
+      setattr(self, STEM_NAMES[mod], nn.Conv(
+          a, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
+          param_dtype=self.param_dtype,
+          kernel_init=nn.with_logical_partitioning(
+              kernel_init, (axes.PATCH_IN, axes.PATCH_IN, axes.PATCH_IN, axes.ATTN_DIM)),
+          bias_init=nn.with_logical_partitioning(bias_init, (axes.ATTN_DIM,))))
+      setattr(self, EMBED_NAMES[mod], self.param(EMBED_NAMES[mod], nn.with_logical_partitioning(
+          nn.initializers.zeros_init(), (None, axes.ATTN_DIM)), (1, a), self.param_dtype))
+    self.projection = TokenProjection(self.embed_dim, dtype=self.dtype,
+                                      param_dtype=self.param_dtype)
+    self.fusion = CrossAttentionFusion(self.fusion_queries, self.fusion_heads, dtype=self.dtype,
+                                       param_dtype=self.param_dtype)
+
+  def stem_tokens(self, mod: str, x: jnp.ndarray) -> jnp.ndarray:
+    conv, embed = getattr(self, STEM_NAMES[mod]), getattr(self, EMBED_NAMES[mod])
+    y = conv(x.astype(self.dtype))
+    b, h, w, a = y.shape
+    return y.reshape(b, h * w, a) + embed.astype(self.dtype)
+
+  def __call__(self, images: Mapping[str, jnp.ndarray],
+               modality_mask: jnp.ndarray | None) -> jnp.ndarray:
+    mods = [m for m in MODALITIES if m in images]
+    if self.is_initializing():
+      # Create every stem and the fusion parameters whatever the init input, so that the parameter
+      # tree is always the full training tree (the released layout plus `fusion/`).
+      ref = images[mods[0]]
+      for m in MODALITIES:
+        if m not in images:
+          self.stem_tokens(m, jnp.zeros(ref.shape[:3] + (STEM_CHANNELS[m],), ref.dtype))
+      if modality_mask is None and len(mods) == 1:
+        t0 = self.stem_tokens(mods[0], ref)[:, :, None]
+        self.fusion(t0, self.projection.value(t0), jnp.ones((ref.shape[0], 1), bool),
+                    self.projection.norm)
+
+    if modality_mask is None and len(mods) == 1:
+      return self.projection(self.stem_tokens(mods[0], images[mods[0]]))  # case 1, released path
+
+    if modality_mask is None:
+      modality_mask = jnp.ones((images[mods[0]].shape[0], len(MODALITIES)), bool)
+    # Modalities not given as images are unavailable for every sample.
+    cols = [MODALITIES.index(m) for m in mods]
+    mask = modality_mask[:, jnp.asarray(cols)]
+    tokens = [self.stem_tokens(m, images[m]) for m in mods]  # M x (B, N, A)
+    # Case 1 per sample: select the single modality's stem tokens exactly, then run the released
+    # projection on a (B, N, A) array, the same ops and shapes as the single-modality path.
+    single = tokens[0]
+    for j in range(1, len(mods)):
+      single = jnp.where(mask[:, j][:, None, None], tokens[j], single)
+    single = self.projection.norm(self.projection.value(single))
+    if len(mods) == 1:
+      return self.projection.output(single)
+    t = jnp.stack(tokens, axis=2)  # (B, N, M, A)
+    v = self.projection.value(t)
+    fused = self.fusion(t, v, mask, self.projection.norm)
+    one = (mask.sum(-1) == 1)[:, None, None]
+    return self.projection.output(jnp.where(one, single, fused))

@@ -1,0 +1,158 @@
+"""The TerraFM encoder (dual-modality ViT) and the DINO model (encoder + head).
+
+Parameter tree of the encoder (mirrors the released PyTorch layout; METHOD.md 1.6):
+  patch_embed/{conv2d_s1, conv2d_s2_l1c, conv2d_s2_l2a}/{kernel (p,p,C,A), bias (A,)}
+  patch_embed/{s1_embed, s2_l1c_embed, s2_l2a_embed}           (1, A)
+  patch_embed/projection/{proj1 (A,A, no bias), norm_input, proj2 (A,A), proj3 (A,d)}
+  patch_embed/fusion/{queries (N_q,A), key/kernel (A,A), score/kernel (A,1)}   training only
+  cls_token (1,1,d), pos_embed (1,1+G*G,d)
+  blocks_{i}/{norm1, attn/qkv, attn/proj, norm2, mlp/fc1, mlp/fc2}
+  norm
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+import ml_collections
+
+from terrafm_jax.data.contract import MODALITIES
+from terrafm_jax.models import axes, variants
+from terrafm_jax.models.heads import DINOHead
+from terrafm_jax.models.layers import canonical_dtype, layer_norm, trunc_normal_02
+from terrafm_jax.models.patch_embed import STEM_CHANNELS, PatchEmbed
+from terrafm_jax.models.pos_embed import resize_pos_embed
+from terrafm_jax.models.vit import VIT_LN_EPS, Block
+
+Dtype = Any
+
+
+class TerraFMEncoder(nn.Module):
+  """Multi-sensor ViT. Inputs are normalised NHWC float images keyed by modality
+  ("s1" 2 channels VV,VH; "s2_l1c" / "s2_l2a" 12 channels, contract band order).
+
+  * one image and no mask: the released single-modality path for that stem;
+  * a (B, 3) boolean `modality_mask` (contract order): per sample, exactly one modality takes the
+    single-modality path bit for bit, two or more go through cross-attention fusion.
+  """
+  variant: str = "B/16"
+  img_size: int = 224
+  drop_path_rate: float = 0.0
+  fusion_queries: int = 5
+  fusion_heads: int = 16
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  remat: bool = False
+  attention_impl: str | None = None
+
+  @property
+  def dims(self) -> dict[str, int]:
+    return variants.decode_variant(self.variant)
+
+  def _check_inputs(self, images: Mapping[str, jnp.ndarray], modality_mask) -> tuple[int, int, int]:
+    if not isinstance(images, Mapping) or not images:
+      raise ValueError(f"images must be a non-empty mapping modality -> (B,H,W,C) array; "
+                       f"expected keys among {MODALITIES}")
+    unknown = sorted(set(images) - set(MODALITIES))
+    if unknown:
+      raise ValueError(f"unknown modality key(s) {unknown}; expected keys among {MODALITIES}")
+    p = self.dims["patch_size"]
+    shape = None
+    for mod, x in images.items():
+      if x.ndim != 4:
+        raise ValueError(f"images[{mod!r}] must be (B, H, W, C) channels-last, got shape "
+                         f"{tuple(x.shape)}")
+      if x.shape[-1] != STEM_CHANNELS[mod]:
+        raise ValueError(f"images[{mod!r}] has {x.shape[-1]} channels; the {mod} stem expects "
+                         f"{STEM_CHANNELS[mod]} (channels-last, contract band order)")
+      if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ValueError(f"images[{mod!r}] has dtype {x.dtype}; expected normalised floating-point "
+                         f"input (normalise with the input contract first)")
+      b, h, w, _ = x.shape
+      if h % p or w % p:
+        raise ValueError(f"images[{mod!r}] is {h}x{w} px, not divisible by the patch size {p}")
+      if shape is not None and (b, h, w) != shape:
+        raise ValueError(f"all modalities must share batch and spatial size: images[{mod!r}] is "
+                         f"{(b, h, w)}, another is {shape}")
+      shape = (b, h, w)
+    if modality_mask is not None and tuple(modality_mask.shape) != (shape[0], len(MODALITIES)):
+      raise ValueError(f"modality_mask must have shape (B, {len(MODALITIES)}) = "
+                       f"{(shape[0], len(MODALITIES))}, got {tuple(modality_mask.shape)}")
+    return shape
+
+  @nn.compact
+  def __call__(self, images: Mapping[str, jnp.ndarray], modality_mask: jnp.ndarray | None = None,
+               *, train: bool = False, out_indices: Sequence[int] = ()) -> dict[str, Any]:
+    dims = self.dims
+    d, depth, p = dims["width"], dims["depth"], dims["patch_size"]
+    b, h, w = self._check_inputs(images, modality_mask)
+    for i in out_indices:
+      if not 0 <= i < depth:
+        raise ValueError(f"out_indices {tuple(out_indices)}: {i} is not a block of a depth-{depth} "
+                         f"ViT")
+    if self.img_size % p:
+      raise ValueError(f"img_size {self.img_size} is not divisible by the patch size {p}")
+    dtype = canonical_dtype(self.dtype)
+    param_dtype = canonical_dtype(self.param_dtype)
+
+    x = PatchEmbed(p, d, self.fusion_queries, self.fusion_heads, dtype=dtype,
+                   param_dtype=param_dtype, name="patch_embed")(images, modality_mask)
+    grid = self.img_size // p
+    cls_token = self.param("cls_token", nn.with_logical_partitioning(
+        trunc_normal_02, (None, None, axes.EMBED)), (1, 1, d), param_dtype)
+    pos_embed = self.param("pos_embed", nn.with_logical_partitioning(
+        trunc_normal_02, (None, axes.POS, axes.EMBED)), (1, 1 + grid * grid, d), param_dtype)
+    x = jnp.concatenate([jnp.broadcast_to(cls_token.astype(dtype), (b, 1, d)), x], axis=1)
+    x = x + resize_pos_embed(pos_embed, (h // p, w // p)).astype(dtype)
+    x = nn.with_logical_constraint(x, axes.ACTIVATION)
+
+    block_cls = nn.remat(Block, static_argnums=(2,)) if self.remat else Block
+    dpr = [float(r) for r in np.linspace(0.0, self.drop_path_rate, depth)]  # linear rule
+    norm = layer_norm(axes.EMBED, epsilon=VIT_LN_EPS, dtype=dtype, param_dtype=param_dtype,
+                      name="norm")
+    features = []
+    for i in range(depth):
+      x = block_cls(dims["num_heads"], dims["mlp_dim"], dpr[i], dtype=dtype,
+                    param_dtype=param_dtype, attention_impl=self.attention_impl,
+                    name=f"blocks_{i}")(x, train)
+      if i in out_indices:
+        features.append(norm(x)[:, 1:].reshape(b, h // p, w // p, d))
+    x = norm(x)
+    return {"cls": x[:, 0], "patch_tokens": x[:, 1:], "features": tuple(features)}
+
+
+class TerraFMDINO(nn.Module):
+  """Encoder + DINO head; params {"encoder": ..., "head": ...}. Logits are float32."""
+  encoder: TerraFMEncoder
+  head: DINOHead
+
+  def __call__(self, images, modality_mask=None, *, train: bool = False) -> dict[str, jnp.ndarray]:
+    out = self.encoder(images, modality_mask, train=train)
+    return {"logits": self.head(out["cls"]), "cls": out["cls"]}
+
+
+def build_encoder(cfg: ml_collections.ConfigDict, **overrides) -> TerraFMEncoder:
+  """Encoder from a model config (terrafm_jax.models.config.get_model_config)."""
+  dims = variants.decode_variant(cfg.variant)
+  attn_dim = cfg.get("attn_dim_mult", 3) * dims["width"]
+  if cfg.get("attn_dim_mult", 3) != 3:
+    raise ValueError("model.attn_dim_mult must be 3 (A = 3 d is fixed by the released layout)")
+  if attn_dim % cfg.fusion_heads:
+    raise ValueError(f"model.fusion_heads={cfg.fusion_heads} does not divide attn_dim {attn_dim}")
+  if not 0.0 <= cfg.drop_path_rate < 1.0:
+    raise ValueError(f"model.drop_path_rate must be in [0, 1), got {cfg.drop_path_rate}")
+  kwargs = dict(variant=cfg.variant, img_size=cfg.img_size, drop_path_rate=cfg.drop_path_rate,
+                fusion_queries=cfg.fusion_queries, fusion_heads=cfg.fusion_heads,
+                dtype=canonical_dtype(cfg.dtype), param_dtype=canonical_dtype(cfg.param_dtype),
+                remat=cfg.remat, attention_impl=cfg.get("attention_impl", None))
+  kwargs.update(overrides)
+  return TerraFMEncoder(**kwargs)
+
+
+def build_dino(cfg: ml_collections.ConfigDict, **overrides) -> TerraFMDINO:
+  head = DINOHead(out_dim=cfg.head.out_dim, hidden_dim=cfg.head.hidden_dim,
+                  bottleneck_dim=cfg.head.bottleneck_dim, nlayers=cfg.head.nlayers,
+                  param_dtype=canonical_dtype(cfg.param_dtype))
+  return TerraFMDINO(encoder=build_encoder(cfg, **overrides), head=head)
