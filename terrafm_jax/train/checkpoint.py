@@ -32,7 +32,7 @@ def make_manager(workdir: str, ckpt_cfg: ml_collections.ConfigDict) -> ocp.Check
   directory = os.path.join(os.path.abspath(workdir), "checkpoints")
   options = ocp.CheckpointManagerOptions(
       max_to_keep=ckpt_cfg.keep,
-      save_interval_steps=ckpt_cfg.every_steps,
+      save_interval_steps=1,  # the trainer decides (every_steps, last step, preemption)
       enable_async_checkpointing=ckpt_cfg.use_async,
       # Leftover temporary directories of a killed save are deleted at start-up.
       cleanup_tmp_directories=True,

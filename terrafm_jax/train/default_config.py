@@ -28,6 +28,7 @@ def get_base_config(variant: str = "B/16") -> ml_collections.ConfigDict:
   c.model.dtype = "bfloat16"
 
   c.data = ml_collections.ConfigDict()
+  c.data.source = "pipeline"        # "pipeline" (terrafm_jax.data) | "random" (tests, benchmarks)
   c.data.data_dir = ""              # prepared shards (terrafm_jax.data.prepare); "" = built-in synthetic
   c.data.builtin = ml_collections.ConfigDict(dict(
       root="", num_cells=64, cell_size=64, tile_size=32, seed=0))

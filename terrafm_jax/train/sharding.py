@@ -61,14 +61,42 @@ def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
+def _is_box(x) -> bool:
+  return isinstance(x, nn.LogicallyPartitioned)
+
+
+def unbox(tree: Any) -> Any:
+  """Plain values of a boxed tree, without the sharding constraint flax's unbox adds (the jit
+  out_shardings already fix the layout)."""
+  return jax.tree.map(lambda x: x.value if _is_box(x) else x, tree, is_leaf=_is_box)
+
+
+def _dedupe(names: tuple[Any, ...]) -> tuple[Any, ...]:
+  """A logical name may label several dims of one tensor (e.g. a conv kernel's "patch_in"
+  spatial and channel dims); only its first occurrence can map to a mesh axis."""
+  seen, out = set(), []
+  for n in names:
+    out.append(None if n is not None and n in seen else n)
+    if n is not None:
+      seen.add(n)
+  return tuple(out)
+
+
 def tree_shardings(abstract_boxed: Any, mesh: jax.sharding.Mesh,
                    rules: Sequence[tuple[str, Any]]) -> Any:
   """NamedShardings for a tree whose leaves may be `nn.LogicallyPartitioned` boxes.
 
   Unboxed leaves (step, centers, rng, optimizer counters) are replicated.
   """
-  specs = nn.get_partition_spec(abstract_boxed)
-  return nn.logical_to_mesh_sharding(specs, mesh, rules)
+
+  def one(x):
+    if _is_box(x):
+      names = _dedupe(tuple(x.names))
+      mesh_axes = nn.logical_to_mesh_axes(names, rules)
+      return NamedSharding(mesh, P(*mesh_axes))
+    return NamedSharding(mesh, P())
+
+  return jax.tree.map(one, abstract_boxed, is_leaf=_is_box)
 
 
 def check_divisible(abstract: Any, shardings: Any) -> None:

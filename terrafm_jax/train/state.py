@@ -58,7 +58,7 @@ def make_state_init_fn(param_init, tx: optax.GradientTransformation,
 
   def init(rng):
     k_params, k_state = jax.random.split(rng)
-    params = nn.meta.unbox(param_init(k_params))
+    params = sharding_lib.unbox(param_init(k_params))
     return TrainState(
         step=jnp.zeros([], jnp.int32), student=params,
         teacher=jax.tree.map(jnp.copy, params),  # DINO: the teacher starts as the student
@@ -74,7 +74,7 @@ def state_shardings(param_init, tx: optax.GradientTransformation, rng: jax.Array
   parameter, everything else (counters, centers, rng) replicated."""
   boxed = jax.eval_shape(param_init, rng)
   param_sh = sharding_lib.tree_shardings(boxed, mesh, rules)
-  params = nn.meta.unbox(boxed)
+  params = sharding_lib.unbox(boxed)
   sharding_lib.check_divisible(params, param_sh)
   rep = sharding_lib.replicated(mesh)
   abstract_opt = jax.eval_shape(tx.init, params)
@@ -86,9 +86,13 @@ def state_shardings(param_init, tx: optax.GradientTransformation, rng: jax.Array
 
 def create_sharded_state(state_init, shardings: TrainState, rng: jax.Array,
                          rules) -> TrainState:
-  """The state, born sharded (no unsharded copy ever exists)."""
-  with nn.logical_axis_rules(rules):
-    return jax.jit(state_init, out_shardings=shardings)(rng)
+  """The state, born sharded (no unsharded copy ever exists).
+
+  Init runs without logical-axis rules: flax would constrain every boxed parameter as it is
+  created (and rejects a name repeated within one tensor); `out_shardings` fixes the layout.
+  """
+  del rules
+  return jax.jit(state_init, out_shardings=shardings)(rng)
 
 
 def abstract_state(state_init, shardings: TrainState, rng: jax.Array) -> TrainState:

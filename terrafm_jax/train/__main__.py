@@ -1,0 +1,5 @@
+"""`python -m terrafm_jax.train` == `terrafm-train`."""
+from terrafm_jax.train.main import run
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,239 @@
+"""The training loop: mesh -> data -> sharded state (fresh or restored) -> AOT-compiled step -> loop.
+
+Host work per step: pull the next numpy batch, assemble the global arrays, dispatch the compiled
+step. Metrics of a logged step are fetched one step later (after the next step is dispatched), so
+the device never waits for the host; the only blocking reads are at checkpoint saves.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from terrafm_jax.data.contract import DEFAULT_CONTRACT, InputContract
+from terrafm_jax.models import terrafm
+from terrafm_jax.train import checkpoint as ckpt_lib
+from terrafm_jax.train import data_source
+from terrafm_jax.train import default_config
+from terrafm_jax.train import metrics as metrics_lib
+from terrafm_jax.train import optim as optim_lib
+from terrafm_jax.train import schedules as schedules_lib
+from terrafm_jax.train import sharding as sharding_lib
+from terrafm_jax.train import state as state_lib
+from terrafm_jax.train import step as step_lib
+
+
+class NonFiniteError(RuntimeError):
+  pass
+
+
+class _Preemption:
+  """SIGTERM -> save at the next step boundary, then exit (the scheduler's grace period)."""
+
+  def __init__(self):
+    self.requested = False
+    self._old = None
+
+  def __enter__(self):
+    def handler(signum, frame):
+      del frame
+      logging.warning("signal %d received: saving a checkpoint at the next step", signum)
+      self.requested = True
+    self._old = signal.signal(signal.SIGTERM, handler)
+    return self
+
+  def __exit__(self, *exc):
+    signal.signal(signal.SIGTERM, self._old)
+
+
+def resolve_config(config: ml_collections.ConfigDict,
+                   num_examples: int) -> ml_collections.ConfigDict:
+  """Fill steps_per_epoch / total_steps from the dataset size; returns a locked copy."""
+  c = ml_collections.ConfigDict(config.to_dict())
+  if c.steps_per_epoch <= 0:
+    c.steps_per_epoch = max(num_examples // c.global_batch_size, 1)
+  if c.total_steps <= 0:
+    c.total_steps = int(round(c.num_epochs * c.steps_per_epoch))
+  c.lock()
+  return c
+
+
+def _write_jsonl(path: str, step: int, scalars: dict[str, float]) -> None:
+  with open(path, "a", encoding="utf-8") as f:
+    f.write(json.dumps({"step": step, **scalars}) + "\n")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Train (or resume) in `workdir`; returns the final scalars (and the kNN check if enabled)."""
+  default_config.validate(config)
+  os.makedirs(workdir, exist_ok=True)
+  is_main = jax.process_index() == 0
+  if not is_main:
+    logging.set_verbosity(logging.WARNING)
+  contract: InputContract = DEFAULT_CONTRACT
+
+  mesh = sharding_lib.make_mesh(config.mesh)
+  rules = sharding_lib.logical_rules(config)
+  n_batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  if config.global_batch_size % n_batch_shards:
+    raise ValueError(f"config.global_batch_size={config.global_batch_size} is not divisible by "
+                     f"the {n_batch_shards} batch shards of mesh {dict(mesh.shape)}")
+  logging.info("mesh %s on %d devices (%d processes), platform %s", dict(mesh.shape),
+               jax.device_count(), jax.process_count(), jax.devices()[0].platform)
+
+  data_iter, num_examples = data_source.make_train_iterator(config, workdir)
+  config = resolve_config(config, num_examples)
+  total_steps = config.total_steps
+  logging.info("%d examples, %d steps/epoch, %d steps", num_examples, config.steps_per_epoch,
+               total_steps)
+
+  model = terrafm.build_dino(config.model)
+  scheds = schedules_lib.make_schedules(config)
+  param_init = state_lib.make_param_init_fn(model, config, n_batch_shards, contract.num_channels)
+  rng = jax.random.PRNGKey(config.seed)
+  abstract_params = sharding_lib.unbox(jax.eval_shape(param_init, rng))
+  tx = optim_lib.make_optimizer(config, abstract_params, scheds)
+  state_init = state_lib.make_state_init_fn(param_init, tx, config.model.head.out_dim)
+  shardings = state_lib.state_shardings(param_init, tx, rng, mesh, rules)
+
+  manager = ckpt_lib.make_manager(workdir, config.checkpoint)
+  latest = manager.latest_step()
+  if latest is not None:
+    target = state_lib.abstract_state(state_init, shardings, rng)
+    state = ckpt_lib.restore(manager, latest, target, data_iter, contract)
+    logging.info("resumed from step %d", latest)
+  else:
+    with jax.set_mesh(mesh):
+      state = state_lib.create_sharded_state(state_init, shardings, rng, rules)
+  start_step = int(jax.device_get(state.step))
+  metrics_lib.log_parameter_overview(state.student, "student")
+
+  writer = metrics_lib.create_writer(workdir)
+  if is_main and start_step == 0:
+    writer.write_hparams({k: v for k, v in _flat(config.to_dict()).items()})
+  jsonl = os.path.join(workdir, "metrics.jsonl")
+
+  train_step = step_lib.make_train_step(model, tx, scheds, config, contract)
+  rep = sharding_lib.replicated(mesh)
+  first_local = next(data_iter) if start_step < total_steps else None
+  compiled, mem = None, {}
+  if first_local is not None:
+    first = sharding_lib.global_batch({k: first_local[k] for k in data_source.STEP_KEYS}, mesh)
+    batch_sh = {k: v.sharding for k, v in first.items()}
+    jitted = jax.jit(train_step, in_shardings=(shardings, batch_sh), out_shardings=(shardings, rep),
+                     donate_argnums=(0,))
+    t0 = time.time()
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+      compiled = jitted.lower(state, first).compile()
+    logging.info("train step compiled in %.1f s", time.time() - t0)
+    mem = metrics_lib.log_memory_analysis(compiled)
+
+  hooks = metrics_lib.periodic_actions_for(config, workdir, writer, total_steps)
+  exposure = metrics_lib.ClassExposure()
+  flops = metrics_lib.step_flops(config)
+  peak = metrics_lib.peak_flops_per_device(config)
+  n_dev = jax.device_count()
+  pending: tuple[int, Any] | None = None
+  last = {"time": time.time(), "step": start_step, "data_wait": 0.0}
+  history: list[dict[str, float]] = []
+
+  def flush_pending():
+    nonlocal pending
+    if pending is None:
+      return
+    step_done, dev_metrics = pending
+    pending = None
+    raw = jax.device_get(dev_metrics)
+    scalars = metrics_lib.summarize(raw)
+    now = time.time()
+    dt = max(now - last["time"], 1e-9)
+    n_steps = max(step_done - last["step"], 1)
+    scalars["steps_per_sec"] = n_steps / dt
+    scalars["img_per_sec_per_device"] = n_steps * config.global_batch_size / dt / n_dev
+    scalars["achieved_tflops_per_device"] = n_steps * flops / dt / n_dev / 1e12
+    if peak:
+      scalars["mfu"] = n_steps * flops / dt / (n_dev * peak)
+    scalars["data_wait_sec_per_step"] = last["data_wait"] / n_steps
+    scalars.update(exposure.scalars())
+    last.update(time=now, step=step_done, data_wait=0.0)
+    if is_main:
+      writer.write_scalars(step_done, scalars)
+      _write_jsonl(jsonl, step_done, scalars)
+    history.append({"step": step_done, **scalars})
+    if not scalars.get("finite", 1.0):
+      check_finite(step_done)
+
+  def check_finite(at_step):
+    bad = int(jax.device_get(state.bad_step))
+    if bad >= 0:
+      raise NonFiniteError(
+          f"non-finite loss or gradient at step {bad} (detected by step {at_step}); the update "
+          f"of that step was skipped and training stopped. The last good checkpoint is step "
+          f"{manager.latest_step()} in {manager.directory}.")
+
+  step = start_step
+  with _Preemption() as preempt:
+    while step < total_steps:
+      t0 = time.time()
+      local = first_local if first_local is not None else next(data_iter)
+      first_local = None
+      last["data_wait"] += time.time() - t0
+      exposure.update(local["label"])
+      batch = sharding_lib.global_batch({k: local[k] for k in data_source.STEP_KEYS}, mesh)
+      state, dev_metrics = compiled(state, batch)
+      flush_pending()  # previous logged step: its values are ready or nearly so
+      step += 1
+      for h in hooks:
+        h(step)
+      if step % config.log_every_steps == 0 or step == total_steps:
+        pending = (step, dev_metrics)
+      stop = preempt.requested or (jax.process_count() > 1 and manager.reached_preemption(step))
+      if stop or step == total_steps or step % config.checkpoint.every_steps == 0:
+        check_finite(step)  # never checkpoint a state that went through a bad step
+        saved = ckpt_lib.save(manager, step, state, data_iter, config, contract, force=stop)
+        if saved and step == config.debug.die_after_step:
+          _die(manager, config.debug.die_after_commit)
+      if stop:
+        manager.wait_until_finished()
+        logging.warning("preempted: checkpoint of step %d written, exiting", step)
+        break
+  flush_pending()
+  manager.wait_until_finished()
+  check_finite(step)
+  writer.flush()
+  result = {"final_step": step, "history": history, "memory": mem}
+  if step >= total_steps and config.knn.enabled:
+    from terrafm_jax.train import learning_check  # pylint: disable=g-import-not-at-top
+    result["knn"] = learning_check.run(config, workdir, model, state.teacher, param_init, mesh,
+                                       rules, writer, step)
+  manager.close()
+  writer.close()
+  return result
+
+
+def _die(manager, after_commit: bool) -> None:
+  """Test hook: SIGKILL this process (no cleanup, no atexit), optionally mid-save."""
+  if after_commit:
+    manager.wait_until_finished()
+  logging.warning("debug.die_after_step: killing the process now")
+  logging.flush()
+  os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
+  return out
