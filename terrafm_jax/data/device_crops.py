@@ -1,0 +1,68 @@
+"""Device-side normalisation and multi-crop (DESIGN.md decision 5), pure jax.numpy, jit-able.
+
+The host ships whole tiles plus a crop plan (pipeline.py); inside the jitted train step:
+
+    tiles = normalize_tiles(batch, contract)                           # {m: (B, T, T, C) f32}
+    globals_ = crop_views(tiles, batch["boxes"][:, :2], batch["flip"][:, :2], 224)
+    locals_ = crop_views(tiles, batch["boxes"][:, 2:], batch["flip"][:, 2:], 96)
+    # each {m: (B, v, out, out, C)}
+
+A box [y0, x0, h, w] (tile pixels, may be fractional) is resized to out x out with
+`jax.image.scale_and_translate` (bicubic, Keys a = -0.5, antialiased when shrinking), so output
+pixel i samples tile row y0 + (i + 0.5) * h / out - 0.5 (pixel-centre convention); an integer box
+with h = w = out returns the tile pixels exactly. Flip reverses the output's x axis. All modalities
+of a view share the box (they are co-registered); shapes are static for any box.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import jax
+import jax.numpy as jnp
+
+from terrafm_jax.data import contract as contract_lib
+
+
+def normalize_tiles(batch: Mapping[str, jax.Array], contract: contract_lib.InputContract
+                    ) -> dict[str, jax.Array]:
+  """(x - mean) / std per band in f32; S2 nodata (DN 0) -> 0 (= band mean)."""
+  out = {}
+  for m in contract_lib.MODALITIES:
+    x = jnp.asarray(batch[m]).astype(jnp.float32)
+    mc = contract[m]
+    y = (x - jnp.asarray(mc.mean, jnp.float32)) / jnp.asarray(mc.std, jnp.float32)
+    if m != "s1":
+      y = jnp.where(x == 0, 0.0, y)
+    out[m] = y
+  return out
+
+
+def _crop_one(img: jax.Array, box: jax.Array, flip: jax.Array, out_size: int) -> jax.Array:
+  """img (T, T, C), box (4,) [y0, x0, h, w], flip () bool -> (out, out, C)."""
+  y0, x0, h, w = box[0], box[1], box[2], box[3]
+  scale = jnp.stack([out_size / h, out_size / w]).astype(jnp.float32)
+  translation = jnp.stack([-y0 * scale[0], -x0 * scale[1]]).astype(jnp.float32)
+  out = jax.image.scale_and_translate(img, (out_size, out_size, img.shape[-1]), (0, 1), scale,
+                                      translation, method="cubic", antialias=True)
+  return jnp.where(flip, out[:, ::-1], out)
+
+
+def crop_views(tiles: Mapping[str, jax.Array], boxes: jax.Array, flip: jax.Array,
+               out_size: int, view_slice: slice | None = None) -> dict[str, jax.Array]:
+  """Crop + resize every view of every sample: {m: (B, T, T, C)} -> {m: (B, v, out, out, C)}.
+
+  `boxes` (B, v, 4) and `flip` (B, v); `view_slice` optionally selects views of them first.
+  """
+  if view_slice is not None:
+    boxes, flip = boxes[:, view_slice], flip[:, view_slice]
+  names = list(tiles)
+  sizes = [tiles[m].shape[-1] for m in names]
+  stacked = jnp.concatenate([tiles[m].astype(jnp.float32) for m in names], axis=-1)
+  per_view = jax.vmap(_crop_one, in_axes=(None, 0, 0, None))          # over views
+  per_sample = jax.vmap(per_view, in_axes=(0, 0, 0, None))            # over the batch
+  out = per_sample(stacked, boxes.astype(jnp.float32), flip.astype(bool), out_size)
+  res, start = {}, 0
+  for m, c in zip(names, sizes):
+    res[m] = out[..., start:start + c]
+    start += c
+  return res

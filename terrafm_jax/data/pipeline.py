@@ -1,0 +1,256 @@
+"""Grain streaming of prepared Major-TOM tiles: stratified sampling -> decode -> crop plan -> batch.
+
+    it = make_train_iterator(data_dir, *, global_batch_size, seed, crops=CropConfig(),
+                             sampling=SamplingConfig(), process_index=None, process_count=None,
+                             worker_count=0, worker_buffer_size=2, contract=None)
+    batch = next(it); state = it.get_state(); ...; it2.set_state(state)   # exact resumption
+
+`data_dir` is the dataset directory returned by `prepare.prepare` / `synthetic.ensure_builtin_dataset`
+(or the prepare `out_dir` holding exactly one prepared dataset). Each step yields this process's
+slice of the global batch (B = global_batch_size / process_count) as numpy arrays:
+
+  "s1"             (B, T, T, 2)  float16  S1 dB; nodata replaced by the contract's band mean
+  "s2_l1c"         (B, T, T, 12) uint16   harmonised DN (0 = nodata; all zeros if absent)
+  "s2_l2a"         (B, T, T, 12) uint16
+  "available"      (B, 3) bool            modality present, order contract.MODALITIES
+  "boxes"          (B, V, 4) float32      [y0, x0, h, w] in tile pixels, globals first
+  "flip"           (B, V) bool
+  "student_masks"  (B, V, 3) bool         non-empty subsets of "available"
+  "teacher_masks"  (B, n_global, 3) bool
+  "label"          (B,) int32             dominant WorldCover class 0..10 (-1: no land cover input)
+  "tile_index"     (B,) int64
+
+Crop + resize run on the device (device_crops.py). Global sample position k (batch k // G, slot
+k % G) is drawn by the stratified sampler from (seed, k) and planned from an RNG seeded by (seed, k),
+so the global batch sequence does not depend on process_count or worker_count, and the Grain
+iterator state (a position) restores it exactly.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import glob
+import json
+import os
+import sys
+from typing import Any
+
+import numpy as np
+
+from terrafm_jax.data import contract as contract_lib
+from terrafm_jax.data import crops as crops_lib
+from terrafm_jax.data import sampling as sampling_lib
+
+# Virtual length of the sample stream (positions); far beyond any training run.
+STREAM_LENGTH = 1 << 40
+
+
+@dataclasses.dataclass
+class PreparedData:
+  """A prepared dataset: shard files, tile index, contract."""
+  dataset_dir: str
+  shard_paths: list[str]
+  index: Any                       # pandas DataFrame, row i = record i
+  contract: contract_lib.InputContract
+  tile_size: int
+
+  @property
+  def num_records(self) -> int:
+    return len(self.index)
+
+  def hist(self) -> np.ndarray:
+    from terrafm_jax.data import landcover  # pylint: disable=g-import-not-at-top
+    return self.index[list(landcover.HIST_COLUMNS)].to_numpy(np.float64)
+
+  def strata(self) -> np.ndarray | None:
+    if "climate" not in self.index or "region" not in self.index:
+      return None
+    s = self.index["climate"].astype(str) + "|" + self.index["region"].astype(str)
+    return None if (s == "|").all() else s.to_numpy()
+
+
+def find_dataset_dir(data_dir: str) -> str:
+  if os.path.exists(os.path.join(data_dir, "dataset_info.json")):
+    return data_dir
+  found = sorted(os.path.dirname(p) for p in glob.glob(
+      os.path.join(data_dir, "**", "dataset_info.json"), recursive=True))
+  if len(found) != 1:
+    raise FileNotFoundError(f"{data_dir}: expected one prepared dataset (dataset_info.json), "
+                            f"found {len(found)}: {found[:5]}")
+  return found[0]
+
+
+def load_prepared(data_dir: str,
+                  contract: contract_lib.InputContract | None = None) -> PreparedData:
+  """Open a prepared dataset; check its contract against `contract` (bands and units)."""
+  import pandas as pd  # pylint: disable=g-import-not-at-top
+  d = find_dataset_dir(data_dir)
+  for name in ("index.parquet", "contract.json", "features.json"):
+    if not os.path.exists(os.path.join(d, name)):
+      raise FileNotFoundError(f"{d} lacks {name}: not a complete terrafm_jax prepared dataset")
+  prepared = contract_lib.InputContract.from_json(os.path.join(d, "contract.json"))
+  # Order and units must match; the statistics used on the device are the caller's.
+  contract_lib.DEFAULT_CONTRACT.check_compatible(prepared, what=d, check_stats=False)
+  if contract is not None:
+    contract.check_compatible(prepared, what=d, check_stats=False)
+  with open(os.path.join(d, "dataset_info.json"), encoding="utf-8") as f:
+    info = json.load(f)
+  split = [s for s in info["splits"] if s["name"] == "train"][0]
+  n = len(split["shardLengths"])
+  name = info["name"]
+  paths = [os.path.join(d, f"{name}-train.array_record-{i:05d}-of-{n:05d}") for i in range(n)]
+  missing = [p for p in paths if not os.path.exists(p)]
+  if missing:
+    raise FileNotFoundError(f"missing shard files: {missing[:3]}")
+  index = pd.read_parquet(os.path.join(d, "index.parquet"))
+  total = sum(int(x) for x in split["shardLengths"])
+  if total != len(index):
+    raise ValueError(f"{d}: index has {len(index)} rows but the shards hold {total} records")
+  with open(os.path.join(d, "features.json"), encoding="utf-8") as f:
+    shape = json.load(f)["featuresDict"]["features"]["s2_l2a"]["tensor"]["shape"]["dimensions"]
+  return PreparedData(d, paths, index, contract or prepared, int(shape[0]))
+
+
+class _Positions:
+  """Element j of this process's stream -> (global position k, record index)."""
+
+  def __init__(self, sampler: sampling_lib.StratifiedSampler, local_batch: int,
+               global_batch: int, process_index: int):
+    self._sampler = sampler
+    self._b, self._g, self._p = local_batch, global_batch, process_index
+
+  def __len__(self) -> int:
+    return STREAM_LENGTH
+
+  def __getitem__(self, j: int) -> tuple[int, int]:
+    j = int(j)
+    k = (j // self._b) * self._g + self._p * self._b + j % self._b
+    return k, self._sampler(k)
+
+
+class _ReadDecode:
+  """(k, record) -> decoded tile dict; the readers open lazily in each worker process."""
+
+  def __init__(self, prepared: PreparedData):
+    self._paths = prepared.shard_paths
+    self._dir = prepared.dataset_dir
+    self._tile_index = prepared.index["tile_index"].to_numpy(np.int64)
+    self._s1_fill = np.asarray(prepared.contract["s1"].mean, np.float16)
+
+  def __getstate__(self):
+    return {k: v for k, v in self.__dict__.items() if k not in ("_source", "_features")}
+
+  @functools.cached_property
+  def _source(self):
+    import grain  # pylint: disable=g-import-not-at-top
+    return grain.sources.ArrayRecordDataSource(self._paths)
+
+  @functools.cached_property
+  def _features(self):
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    return tfds.builder_from_directory(self._dir).info.features
+
+  def __call__(self, item: tuple[int, int]) -> dict[str, Any]:
+    k, record = item
+    ex = self._features.deserialize_example_np(self._source[record])
+    if int(ex["tile_index"]) != self._tile_index[record]:
+      raise ValueError(f"{self._dir}: record {record} holds tile {int(ex['tile_index'])} but the "
+                       f"index says {self._tile_index[record]}; the index does not match the shards")
+    s1 = ex["s1"]
+    nan = np.isnan(s1)
+    if nan.any():  # nodata -> band mean, which normalises to 0 on the device
+      s1 = np.where(nan, self._s1_fill, s1)
+    return {"s1": s1.astype(np.float16), "s2_l1c": ex["s2_l1c"], "s2_l2a": ex["s2_l2a"],
+            "available": ex["available"].astype(bool), "label": np.int32(ex["label"]),
+            "tile_index": np.int64(ex["tile_index"]), "_k": np.int64(k)}
+
+
+class _Plan:
+  """Adds the crop plan and modality masks, from RNGs seeded by (seed, k) / (seed, batch)."""
+
+  def __init__(self, cfg: crops_lib.CropConfig, tile_size: int, seed: int, global_batch: int):
+    self._cfg, self._t, self._seed, self._g = cfg, tile_size, seed, global_batch
+
+  def __call__(self, ex: dict[str, Any]) -> dict[str, Any]:
+    k = int(ex.pop("_k"))
+    rng = np.random.default_rng([self._seed, 1, k])
+    batch_rng = np.random.default_rng([self._seed, 2, k // self._g])
+    ex.update(crops_lib.plan_crops(rng, ex["available"], self._t, self._cfg, batch_rng))
+    return ex
+
+
+def ensure_absl_flags_parsed() -> None:
+  """Grain reads absl flags (also in its worker processes); parse defaults if no app did."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS(sys.argv[:1] or ["terrafm"], known_only=True)
+
+
+def make_sampler(prepared: PreparedData, sampling: sampling_lib.SamplingConfig,
+                 seed: int) -> sampling_lib.StratifiedSampler:
+  hist = prepared.hist()
+  weights = sampling_lib.tile_weights(hist, prepared.index["water_only"].to_numpy(bool),
+                                      sampling, prepared.strata())
+  return sampling_lib.StratifiedSampler(weights, seed, hist,
+                                        prepared.index["label"].to_numpy(np.int64))
+
+
+def make_train_dataset(data_dir: str, *, global_batch_size: int, seed: int,
+                       crops: crops_lib.CropConfig = crops_lib.CropConfig(),
+                       sampling: sampling_lib.SamplingConfig = sampling_lib.SamplingConfig(),
+                       process_index: int | None = None, process_count: int | None = None,
+                       worker_count: int = 0, worker_buffer_size: int = 2,
+                       contract: contract_lib.InputContract | None = None):
+  """The Grain IterDataset behind `make_train_iterator`, and its PreparedData."""
+  import grain  # pylint: disable=g-import-not-at-top
+  if process_index is None or process_count is None:
+    import jax  # pylint: disable=g-import-not-at-top
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+  if global_batch_size % process_count:
+    raise ValueError(f"global_batch_size {global_batch_size} is not divisible by "
+                     f"process_count {process_count}")
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+  prepared = load_prepared(data_dir, contract)
+  if prepared.num_records == 0:
+    raise ValueError(f"{prepared.dataset_dir} holds no tile")
+  local = global_batch_size // process_count
+  sampler = make_sampler(prepared, sampling, seed)
+  ds = (grain.MapDataset.source(_Positions(sampler, local, global_batch_size, process_index))
+        .map(_ReadDecode(prepared))
+        .map(_Plan(crops, prepared.tile_size, seed, global_batch_size))
+        .batch(local, drop_remainder=True))
+  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=2 if worker_count else 4,
+                                            prefetch_buffer_size=2 * local))
+  if worker_count > 0:
+    ensure_absl_flags_parsed()
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count,
+                                                     per_worker_buffer_size=worker_buffer_size))
+  return ds, prepared
+
+
+def make_train_iterator(data_dir: str, *, global_batch_size: int, seed: int,
+                        crops: crops_lib.CropConfig = crops_lib.CropConfig(),
+                        sampling: sampling_lib.SamplingConfig = sampling_lib.SamplingConfig(),
+                        process_index: int | None = None, process_count: int | None = None,
+                        worker_count: int = 0, worker_buffer_size: int = 2,
+                        contract: contract_lib.InputContract | None = None):
+  """A checkpointable Grain iterator (get_state / set_state) over per-process batches."""
+  ds, _ = make_train_dataset(
+      data_dir, global_batch_size=global_batch_size, seed=seed, crops=crops, sampling=sampling,
+      process_index=process_index, process_count=process_count, worker_count=worker_count,
+      worker_buffer_size=worker_buffer_size, contract=contract)
+  return iter(ds)
+
+
+def exposure_counts(data_dir: str, *, seed: int, num_samples: int,
+                    sampling: sampling_lib.SamplingConfig = sampling_lib.SamplingConfig()
+                    ) -> dict[str, Any]:
+  """Per-class exposure of the first `num_samples` global samples (exact, no data read)."""
+  from terrafm_jax.data import landcover  # pylint: disable=g-import-not-at-top
+  prepared = load_prepared(data_dir)
+  sampler = make_sampler(prepared, sampling, seed)
+  e = sampler.exposure(0, num_samples)
+  return {"classes": landcover.CLASS_NAMES, "pixels": e["pixels"].tolist(),
+          "tiles": e["tiles"].tolist(), "expected_pixels": sampler.expected_exposure().tolist()}
