@@ -448,6 +448,13 @@ def _make_builder_classes():
         "Download any subset of Major-TOM Core-S1RTC, Core-S2L1C, Core-S2L2A "
         "(huggingface.co/Major-TOM) into manual_dir, keeping the metadata.parquet + images/ layout.")
 
+    # TFDS locates a builder's source folder (for checksum files, which a manual-download dataset
+    # does not have) through `importlib_resources`, which TFDS does not install; skip it.
+    @tfds.core.utils.classproperty
+    @classmethod
+    def code_path(cls):
+      return None
+
     def __init__(self, *, options: PrepareOptions | None = None, parts_dir: str | None = None,
                  **kwargs):
       self._options = options or PrepareOptions()
