@@ -18,6 +18,7 @@ import os
 from typing import Any
 
 import grain
+from etils import epath
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
@@ -59,6 +60,14 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any, data
   items = {STATE: ocp.args.StandardRestore(abstract_state)}
   has_data = data_iter is not None and hasattr(data_iter, "set_state")
   if has_data:
+    # Grain stores one state per process; another process count cannot resume that stream.
+    name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+    if not (epath.Path(manager.directory) / str(step) / DATA / name).exists():
+      logging.warning("checkpoint step %d has no data-iterator state for %d processes; the input "
+                      "stream restarts from its beginning (the model state is restored exactly)",
+                      step, jax.process_count())
+      has_data = False
+  if has_data:
     items[DATA] = grain.checkpoint.CheckpointRestore(data_iter)
   if contract is not None:
     items[CONTRACT] = ocp.args.JsonRestore()
@@ -70,35 +79,35 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any, data
   return out[STATE]
 
 
-def restore_teacher(ckpt_dir: str, step: int | None = None,
-                    abstract_params: Any | None = None, *, encoder_only: bool = True) -> Any:
-  """The teacher (the model to evaluate and export) from a training checkpoint directory.
+def restore_subtree(ckpt_dir: str, key: str = "teacher", step: int | None = None,
+                    abstract: Any | None = None) -> Any:
+  """One subtree of the saved TrainState ("teacher", "student", "centers", ...), read alone.
 
-  `ckpt_dir` is `<workdir>/checkpoints`. Only the teacher subtree is read (partial restore), so
-  student and optimizer state never occupy memory. With `abstract_params` (ShapeDtypeStructs with
-  shardings) the arrays land sharded; otherwise they are restored as host-local numpy-backed
-  arrays. Returns the encoder params (backbone) or, with encoder_only=False, {"encoder", "head"}.
+  `ckpt_dir` is `<workdir>/checkpoints`. Partial restore: the rest of the state (optimizer, the
+  other network) is never read. With `abstract` (ShapeDtypeStructs with shardings) the arrays land
+  sharded on the current mesh, whatever mesh saved them; otherwise on the first local device.
   """
-  with ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(read_only=True),
-                             item_names=(STATE,)) as mngr:
+  with ocp.CheckpointManager(os.path.abspath(ckpt_dir),
+                             options=ocp.CheckpointManagerOptions(read_only=True),
+                             item_handlers={STATE: ocp.PyTreeCheckpointHandler()}) as mngr:
     step = mngr.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no complete checkpoint in {ckpt_dir}")
-    meta = mngr.item_metadata(step)[STATE]
-    tree = meta.tree if hasattr(meta, "tree") else meta
-    teacher_meta = tree["teacher"]
-    if abstract_params is None:
-      rep = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-      abstract_params = jax.tree.map(
-          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=rep), teacher_meta)
-    elif encoder_only and "encoder" not in abstract_params:
-      abstract_params = {"encoder": abstract_params,
-                         "head": jax.tree.map(lambda m: jax.ShapeDtypeStruct(
-                             m.shape, m.dtype, sharding=jax.sharding.SingleDeviceSharding(
-                                 jax.local_devices()[0])), teacher_meta["head"])}
-    target = {"teacher": abstract_params}
+    if abstract is None:
+      meta = mngr.item_metadata(step)[STATE]
+      meta = meta.tree if hasattr(meta, "tree") else meta
+      dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+      abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=dev),
+                              meta[key])
+    target = {key: abstract}
     out = mngr.restore(step, args=ocp.args.Composite(**{STATE: ocp.args.PyTreeRestore(
         item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
         partial_restore=True)}))
-  teacher = out[STATE]["teacher"]
+  return out[STATE][key]
+
+
+def restore_teacher(ckpt_dir: str, step: int | None = None, *, encoder_only: bool = True) -> Any:
+  """The teacher (the network to evaluate and export) from `<workdir>/checkpoints`: the encoder
+  (backbone) params, or {"encoder", "head"} with encoder_only=False."""
+  teacher = restore_subtree(ckpt_dir, "teacher", step)
   return teacher["encoder"] if encoder_only else teacher

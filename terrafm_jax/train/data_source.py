@@ -61,8 +61,11 @@ class RandomBatches(Iterator[dict[str, np.ndarray]]):
       m[np.arange(b)[:, None], np.arange(n)[None], rng.integers(0, 3, (b, n))] = True
       return m
 
+    s1 = rng.normal(-12.0, 4.0, (b, t, t, 2)).astype(np.float16)
+    if self.index == self.c.debug.nan_at_step:  # test hook: poison this step's inputs
+      s1[:] = np.nan
     return {
-        "s1": rng.normal(-12.0, 4.0, (b, t, t, 2)).astype(np.float16),
+        "s1": s1,
         "s2_l1c": rng.integers(1, 5000, (b, t, t, 12)).astype(np.uint16),
         "s2_l2a": rng.integers(1, 5000, (b, t, t, 12)).astype(np.uint16),
         "available": np.ones((b, 3), bool),
@@ -89,7 +92,9 @@ def make_train_iterator(config: ml_collections.ConfigDict, workdir: str) -> tupl
   if config.data.source != "pipeline":
     raise ValueError(f"config.data.source must be 'pipeline' or 'random', got "
                      f"{config.data.source!r}")
+  from terrafm_jax.data import crops as crops_lib  # pylint: disable=g-import-not-at-top
   from terrafm_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from terrafm_jax.data import sampling as sampling_lib  # pylint: disable=g-import-not-at-top
   d = config.data
   data_dir = d.data_dir
   if not data_dir:
@@ -97,12 +102,17 @@ def make_train_iterator(config: ml_collections.ConfigDict, workdir: str) -> tupl
     data_dir = synthetic.ensure_builtin_dataset(
         builtin_root(config, workdir), num_cells=d.builtin.num_cells,
         cell_size=d.builtin.cell_size, tile_size=d.builtin.tile_size, seed=d.builtin.seed)
+  crops = crops_lib.CropConfig(
+      n_global=d.n_global, global_size=d.global_size, global_scale=tuple(d.global_scale),
+      n_local=d.n_local, local_size=d.local_size, local_scale=tuple(d.local_scale),
+      ratio=tuple(d.ratio), flip_p=d.flip_p, modality_reading=d.modality_reading,
+      single_p=d.single_p, keep_p=d.keep_p, granularity=d.granularity)
+  sampling = sampling_lib.SamplingConfig(**{
+      k: tuple(v) if isinstance(v, list) else v for k, v in d.sampling.to_dict().items()})
   it = pipeline.make_train_iterator(
-      data_dir, global_batch_size=config.global_batch_size, seed=config.seed,
-      process_index=pi, process_count=pc, n_global=d.n_global, n_local=d.n_local,
-      global_scale=tuple(d.global_scale), local_scale=tuple(d.local_scale),
-      worker_count=d.worker_count, **d.pipeline_kwargs.to_dict())
-  n = d.num_examples if d.num_examples > 0 else pipeline.num_examples(data_dir)
+      data_dir, global_batch_size=config.global_batch_size, seed=config.seed, crops=crops,
+      sampling=sampling, process_index=pi, process_count=pc, worker_count=d.worker_count)
+  n = d.num_examples if d.num_examples > 0 else pipeline.load_prepared(data_dir).num_records
   return it, n
 
 

@@ -39,9 +39,15 @@ def get_base_config(variant: str = "B/16") -> ml_collections.ConfigDict:
   c.data.local_size = 96
   c.data.global_scale = (0.25, 1.0)
   c.data.local_scale = (0.05, 0.25)
-  c.data.crop_method = "bicubic"
+  c.data.ratio = (3 / 4, 4 / 3)      # RandomResizedCrop aspect ratios
+  c.data.flip_p = 0.5
+  c.data.modality_reading = "a"     # METHOD.md 4: "a" one modality w.p. single_p else >= 2; "b"
+  c.data.single_p = 0.5
+  c.data.keep_p = 0.5
+  c.data.granularity = "sample"     # modality draw per "sample" (and view) or per "batch"
   c.data.worker_count = 4
-  c.data.pipeline_kwargs = ml_collections.ConfigDict()  # passed through to make_train_iterator
+  # Land-cover-stratified sampler (terrafm_jax.data.sampling.SamplingConfig; METHOD.md 5).
+  c.data.sampling = ml_collections.ConfigDict(dict(beta=0.5, ocean_fraction=0.02, strata_beta=0.0))
 
   c.dino = ml_collections.ConfigDict()
   c.dino.student_temp = 0.1
@@ -90,8 +96,10 @@ def get_base_config(variant: str = "B/16") -> ml_collections.ConfigDict:
       img_size=-1, batch_size=64))
 
   # Test hooks: die with SIGKILL right after the step given (after its checkpoint save started,
-  # or after it committed when die_after_commit) to test crash safety and exact resume.
-  c.debug = ml_collections.ConfigDict(dict(die_after_step=-1, die_after_commit=True))
+  # or after it committed when die_after_commit) to test crash safety and exact resume;
+  # nan_at_step poisons the inputs of that step (data.source="random" only).
+  c.debug = ml_collections.ConfigDict(dict(die_after_step=-1, die_after_commit=True,
+                                           nan_at_step=-1))
   return c
 
 
