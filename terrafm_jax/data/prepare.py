@@ -547,9 +547,12 @@ def prepare(majortom_dir: str, out_dir: str, options: PrepareOptions | None = No
       os.path.join(out, "index.parquet")):
     return out
   parts = os.path.join(out_dir, "_parts", config_name(opts.tile_size))
+  name = config_name(opts.tile_size)
+  # a config listed in BUILDER_CONFIGS must be passed by name, any other as an object
+  known = any(c.name == name for c in builder_cls.BUILDER_CONFIGS)
   builder = builder_cls(
       options=opts, parts_dir=parts, data_dir=out_dir, file_format="array_record",
-      config=config_cls(name=config_name(opts.tile_size), tile_size=opts.tile_size))
+      config=name if known else config_cls(name=name, tile_size=opts.tile_size))
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
       manual_dir=majortom_dir, beam_runner=beam_runner, beam_options=beam_options))
   if not os.path.exists(os.path.join(out, "index.parquet")):
