@@ -4,6 +4,7 @@ from setuptools import find_packages, setup
 # Versions are ranges that the CI machine (CPU, Python 3.11) resolves to a tested set.
 # torch is pinned exactly: a loose torch requirement pulls a multi-GB CUDA build.
 TORCH = "torch==2.13.0"
+BEAM = "apache-beam>=2.77"
 
 setup(
     name="terrafm-jax",
@@ -39,7 +40,9 @@ setup(
     ],
     extras_require={
         "torch": [TORCH],
-        "test": [TORCH, "pytest>=8", "pytest-xdist>=3.6"],
+        # Apache Beam runs the prepare builder distributed over the full corpus.
+        "beam": [BEAM],
+        "test": [TORCH, BEAM, "pytest>=8", "pytest-xdist>=3.6"],
     },
     entry_points={
         "console_scripts": [
