@@ -44,6 +44,7 @@ def get_config(arg: str | None = None):
     c.data.num_examples = 4 * c.global_batch_size
     c.data.builtin.tile_size = 32
     c.global_batch_size = 8
+    c.data.n_local = 2
     c.num_epochs = 2
     c.optim.warmup_epochs = 1.0
     c.checkpoint.every_steps = 2

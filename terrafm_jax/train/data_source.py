@@ -45,7 +45,7 @@ class RandomBatches(Iterator[dict[str, np.ndarray]]):
   def __next__(self) -> dict[str, np.ndarray]:
     d = self.c.data
     rng = np.random.default_rng([self.c.seed, self.process_index, self.index])
-    self.index += 1
+    self.index += 1  # batch i feeds (1-based) step i
     b, t = self.local_batch, d.builtin.tile_size
     n_g, v = d.n_global, d.n_global + d.n_local
     boxes = np.zeros((b, v, 4), np.float32)
@@ -62,7 +62,7 @@ class RandomBatches(Iterator[dict[str, np.ndarray]]):
       return m
 
     s1 = rng.normal(-12.0, 4.0, (b, t, t, 2)).astype(np.float16)
-    if self.index == self.c.debug.nan_at_step:  # test hook: poison this step's inputs
+    if self.index == self.c.debug.nan_at_step:  # test hook: poison the inputs of that step
       s1[:] = np.nan
     return {
         "s1": s1,

@@ -28,7 +28,7 @@ class TrainState:
   opt_state: Any
   centers: loss_lib.Centers
   rng: jax.Array           # uint32[2] raw key; per-step keys are fold_in(rng, step)
-  bad_step: jax.Array      # int32, first step with a non-finite loss/gradient, -1 if none
+  bad_step: jax.Array      # int32, first (1-based) step with a non-finite loss/gradient, or -1
 
 
 def dummy_inputs(batch: int, img_size: int, channels: dict[str, int]):

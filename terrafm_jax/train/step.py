@@ -80,7 +80,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
         student=keep(student, state.student), teacher=keep(teacher, state.teacher),
         opt_state=keep(opt_state, state.opt_state), centers=keep(centers, state.centers),
         rng=state.rng,
-        bad_step=jnp.where((state.bad_step < 0) & ~finite, step, state.bad_step))
+        bad_step=jnp.where((state.bad_step < 0) & ~finite, step + 1, state.bad_step))
 
     pair_sums, pair_counts = loss_lib.pair_loss_sums(out.per_sample_ce, out.pair_mask,
                                                      batch["teacher_masks"], batch["student_masks"])

@@ -175,6 +175,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   def check_finite(at_step):
     bad = int(jax.device_get(state.bad_step))
     if bad >= 0:
+      manager.wait_until_finished()  # let the last good checkpoint finish committing
       raise NonFiniteError(
           f"non-finite loss or gradient at step {bad} (detected by step {at_step}); the update "
           f"of that step was skipped and training stopped. The last good checkpoint is step "
@@ -201,6 +202,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         check_finite(step)  # never checkpoint a state that went through a bad step
         saved = ckpt_lib.save(manager, step, state, data_iter, config, contract, force=stop)
         if saved and step == config.debug.die_after_step:
+          flush_pending()
           _die(manager, config.debug.die_after_commit)
       if stop:
         manager.wait_until_finished()

@@ -8,16 +8,22 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# Shared by every subprocess of the session: runs with the same program and device count compile
+# once. Cheap LLVM optimisation keeps CPU compiles of the train step short.
+COMPILE_CACHE = tempfile.mkdtemp(prefix="terrafm_train_jaxcache_")
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 
 def subprocess_env(num_devices: int) -> dict[str, str]:
   env = dict(os.environ)
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={num_devices}"
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={num_devices} {FAST_COMPILE}"
+  env["JAX_COMPILATION_CACHE_DIR"] = COMPILE_CACHE
   env["JAX_PLATFORMS"] = "cpu"
   env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
   env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -38,3 +44,34 @@ def run_python(code: str, num_devices: int = 1, timeout: float = 300, args=()) -
 @pytest.fixture
 def run_py():
   return run_python
+
+
+def run_cli(args, num_devices: int = 1, expect_rc: int = 0, timeout: float = 300):
+  """`python -m terrafm_jax.train ARGS`; asserts the exit code; returns the CompletedProcess."""
+  proc = subprocess.run([sys.executable, "-m", "terrafm_jax.train", *args], cwd=REPO,
+                        env=subprocess_env(num_devices), capture_output=True, text=True,
+                        timeout=timeout)
+  if proc.returncode != expect_rc:
+    pytest.fail(f"terrafm_jax.train {args} exited {proc.returncode}, expected {expect_rc}:\n"
+                f"{proc.stdout[-2000:]}\n{proc.stderr[-8000:]}")
+  return proc
+
+
+def read_metrics(workdir: str) -> dict[int, dict]:
+  import json  # pylint: disable=g-import-not-at-top
+  out = {}
+  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+    for line in f:
+      row = json.loads(line)
+      out[row["step"]] = row
+  return out
+
+
+@pytest.fixture(scope="session")
+def cli():
+  return run_cli
+
+
+@pytest.fixture(scope="session")
+def metrics_of():
+  return read_metrics
