@@ -1,0 +1,87 @@
+"""Configs load, validate, take `:arg` variants and overrides, and reject bad values clearly."""
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _load(name):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", f"{name}.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
+@pytest.mark.parametrize("name,arg", [("terrafm_b", None), ("terrafm_b", "S/16"),
+                                      ("terrafm_l", None), ("smoke", None), ("smoke", "test")])
+def test_configs_validate(name, arg):
+  from terrafm_jax.train import default_config
+  c = _load(name).get_config(arg)
+  default_config.validate(c)
+  for v in (c.data.global_scale, c.dino.high_freq_classes, c.logical_axis_rules):
+    assert isinstance(v, tuple)
+
+
+def test_paper_recipe_values():
+  b, l = _load("terrafm_b").get_config(), _load("terrafm_l").get_config()
+  assert (b.model.variant, b.global_batch_size, b.num_epochs) == ("B/16", 1024, 150)
+  assert (l.model.variant, l.global_batch_size, l.num_epochs) == ("L/16", 2048, 200)
+  assert b.dino.alpha == 0.8 and b.dino.student_temp == 0.1
+  assert (b.dino.warmup_teacher_temp, b.dino.teacher_temp) == (0.04, 0.06)
+  assert (b.dino.momentum_teacher, b.dino.momentum_teacher_end) == (0.996, 1.0)
+  assert (b.optim.weight_decay, b.optim.weight_decay_end, b.optim.clip_grad) == (0.04, 0.4, 3.0)
+  assert b.model.head.out_dim == 65536 and b.model.drop_path_rate == 0.1
+  assert (b.data.n_global, b.data.n_local, b.data.global_size, b.data.local_size) == (2, 6, 224, 96)
+
+
+@pytest.mark.parametrize("field,value,msg", [
+    ("dino.alpha", 1.5, "config.dino.alpha"),
+    ("data.local_size", 90, "config.data.local_size"),
+    ("model.dtype", "float16", "config.model.dtype"),
+    ("dino.high_freq_classes", (0, 12), "config.dino.high_freq_classes"),
+    ("global_batch_size", 0, "config.global_batch_size"),
+])
+def test_invalid_values_name_the_field(field, value, msg):
+  from terrafm_jax.train import default_config
+  c = _load("terrafm_b").get_config()
+  node = c
+  *parents, leaf = field.split(".")
+  for p in parents:
+    node = node[p]
+  node[leaf] = value
+  with pytest.raises(ValueError, match=msg.replace(".", r"\.")):
+    default_config.validate(c)
+
+
+def test_mesh_shape_errors():
+  import ml_collections
+  from terrafm_jax.train import sharding
+  assert sharding.mesh_shape(ml_collections.ConfigDict(dict(data=-1, fsdp=2, model=1)), 8) == (4, 2, 1)
+  with pytest.raises(ValueError, match="not divisible"):
+    sharding.mesh_shape(ml_collections.ConfigDict(dict(data=-1, fsdp=3, model=1)), 8)
+
+
+def test_cli_rejects_bad_override(cli):
+  out = cli(["--config=configs/smoke.py:test", "--workdir=/tmp/terrafm_bad_cfg",
+             "--config.dino.alpha=2.0"], expect_rc=2, timeout=120)
+  assert "config.dino.alpha must be in [0, 1]" in out.stderr
+
+
+def test_knn_weighted_vote():
+  from terrafm_jax.eval import knn
+  rng = np.random.default_rng(0)
+  centers = rng.normal(size=(3, 16)) * 5
+  y_tr = np.repeat(np.arange(3), 20)
+  x_tr = centers[y_tr] + rng.normal(size=(60, 16))
+  y_te = np.repeat(np.arange(3), 5)
+  x_te = centers[y_te] + rng.normal(size=(15, 16))
+  assert knn.knn_accuracy(x_tr, y_tr, x_te, y_te, num_classes=3, k=5) == 1.0
+  # Weighting: one very close neighbour of class 1 outvotes two distant class-0 neighbours.
+  tr = np.array([[1.0, 0.0], [0.0, 1.0], [0.05, 1.0]])
+  pred = knn.knn_predict(tr, np.array([1, 0, 0]), np.array([[1.0, 0.02]]), num_classes=2, k=3)
+  assert pred[0] == 1
