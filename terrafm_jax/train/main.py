@@ -69,7 +69,10 @@ def main(argv) -> None:
   if knn:
     print(f"[terrafm] kNN learning check (k={knn['k']}, {knn['num_test']} held-out tiles): "
           f"random init {knn['random_init']:.3f}, pretrained {knn['pretrained']:.3f}, "
-          f"margin {knn['margin']:+.3f}", flush=True)
+          f"margin {knn['margin']:+.3f} ({knn['modality']})", flush=True)
+    for m, r in knn["per_modality"].items():
+      print(f"[terrafm]   {m:7s} random init {r['random_init']:.3f}  pretrained "
+            f"{r['pretrained']:.3f}  margin {r['pretrained'] - r['random_init']:+.3f}", flush=True)
 
 
 def run() -> None:
