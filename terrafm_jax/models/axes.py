@@ -13,7 +13,7 @@ QKV = "qkv"                # fused q|k|v outputs (3 d)
 HEADS = "heads"            # concatenated head outputs entering the attention projection (d)
 ATTN_IN = "attn_in"        # input side of the A x A token-projection matrices
 ATTN_DIM = "attn_dim"      # A = 3 d, the patch-embedding space
-PATCH_IN = "patch_in"      # conv kernel height / width / input channels (never sharded)
+PATCH_IN = "patch_in"      # conv kernel input channels (never sharded; kernel h/w are unnamed)
 POS = "pos"                # position-embedding rows
 QUERIES = "queries"        # fusion queries
 HEAD_IN = "head_in"        # DINO head input (= d)

@@ -120,7 +120,7 @@ class PatchEmbed(nn.Module):
           a, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
           param_dtype=self.param_dtype,
           kernel_init=nn.with_logical_partitioning(
-              kernel_init, (axes.PATCH_IN, axes.PATCH_IN, axes.PATCH_IN, axes.ATTN_DIM)),
+              kernel_init, (None, None, axes.PATCH_IN, axes.ATTN_DIM)),
           bias_init=nn.with_logical_partitioning(bias_init, (axes.ATTN_DIM,))))
       setattr(self, EMBED_NAMES[mod], self.param(EMBED_NAMES[mod], nn.with_logical_partitioning(
           nn.initializers.zeros_init(), (None, axes.ATTN_DIM)), (1, a), self.param_dtype))

@@ -88,8 +88,8 @@ def create_sharded_state(state_init, shardings: TrainState, rng: jax.Array,
                          rules) -> TrainState:
   """The state, born sharded (no unsharded copy ever exists).
 
-  Init runs without logical-axis rules: flax would constrain every boxed parameter as it is
-  created (and rejects a name repeated within one tensor); `out_shardings` fixes the layout.
+  Init runs without logical-axis rules (flax would otherwise constrain every boxed parameter as
+  it is created); `out_shardings` fixes the layout.
   """
   del rules
   return jax.jit(state_init, out_shardings=shardings)(rng)
