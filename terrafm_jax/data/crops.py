@@ -40,8 +40,15 @@ class CropConfig:
   single_p: float = 0.5
   keep_p: float = 0.5
   granularity: str = "sample"
+  # Modalities the draws may use (contract names); ("s2_l2a",) gives the single-modality DINO
+  # baseline of the paper's ablation ("SS"). A tile that has none of them keeps its own.
+  modalities: tuple[str, ...] = contract_lib.MODALITIES
 
   def __post_init__(self):
+    unknown = sorted(set(self.modalities) - set(contract_lib.MODALITIES))
+    if unknown or not self.modalities:
+      raise ValueError(f"modalities must be a non-empty subset of {contract_lib.MODALITIES}, "
+                       f"got {tuple(self.modalities)}")
     if self.modality_reading not in ("a", "b"):
       raise ValueError(f"modality_reading must be 'a' or 'b', got {self.modality_reading!r}")
     if self.granularity not in ("sample", "batch"):
@@ -119,6 +126,9 @@ def plan_crops(rng: np.random.Generator, available: np.ndarray, tile_size: int,
     boxes[i] = random_resized_box(rng, tile_size, tile_size, scale, cfg.ratio)
   flip = rng.uniform(size=v) < cfg.flip_p
   brng = batch_rng if cfg.granularity == "batch" else None
+  allowed = np.isin(contract_lib.MODALITIES, cfg.modalities)
+  if (available & allowed).any():
+    available = available & allowed
   student = np.stack([_batch_draw(brng, rng, available, cfg) for _ in range(v)])
   teacher = np.stack([_batch_draw(brng, rng, available, cfg) for _ in range(cfg.n_global)])
   return {"boxes": boxes, "flip": flip, "student_masks": student, "teacher_masks": teacher}

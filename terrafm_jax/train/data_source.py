@@ -106,7 +106,8 @@ def make_train_iterator(config: ml_collections.ConfigDict, workdir: str) -> tupl
       n_global=d.n_global, global_size=d.global_size, global_scale=tuple(d.global_scale),
       n_local=d.n_local, local_size=d.local_size, local_scale=tuple(d.local_scale),
       ratio=tuple(d.ratio), flip_p=d.flip_p, modality_reading=d.modality_reading,
-      single_p=d.single_p, keep_p=d.keep_p, granularity=d.granularity)
+      single_p=d.single_p, keep_p=d.keep_p, granularity=d.granularity,
+      modalities=tuple(d.modalities))
   sampling = sampling_lib.SamplingConfig(**{
       k: tuple(v) if isinstance(v, list) else v for k, v in d.sampling.to_dict().items()})
   it = pipeline.make_train_iterator(

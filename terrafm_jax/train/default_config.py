@@ -43,6 +43,7 @@ def get_base_config(variant: str = "B/16") -> ml_collections.ConfigDict:
   c.data.flip_p = 0.5
   c.data.modality_reading = "a"     # METHOD.md 4: "a" one modality w.p. single_p else >= 2; "b"
   c.data.single_p = 0.5
+  c.data.modalities = ("s1", "s2_l1c", "s2_l2a")  # modalities the draws may use; ("s2_l2a",) = SS
   c.data.keep_p = 0.5
   c.data.granularity = "sample"     # modality draw per "sample" (and view) or per "batch"
   c.data.worker_count = 4

@@ -85,3 +85,20 @@ def test_batch_granularity_shares_draws():
 def test_bad_config():
   with pytest.raises(ValueError):
     crops.CropConfig(modality_reading="c")
+
+
+def test_restricting_modalities_gives_the_single_modality_baseline():
+  cfg = crops.CropConfig(modalities=("s2_l2a",))
+  rng = np.random.default_rng(3)
+  for _ in range(50):
+    p = crops.plan_crops(rng, np.array([True, True, True]), 64, cfg)
+    for m in np.concatenate([p["student_masks"], p["teacher_masks"]]):
+      assert m.tolist() == [False, False, True]
+  # A tile without any allowed modality keeps drawing from what it has.
+  p = crops.plan_crops(rng, np.array([True, False, False]), 64, cfg)
+  assert p["student_masks"][:, 0].all() and not p["student_masks"][:, 1:].any()
+  two = crops.CropConfig(modalities=("s1", "s2_l2a"), single_p=0.0)
+  p = crops.plan_crops(rng, np.array([True, True, True]), 64, two)
+  assert (p["student_masks"] == [True, False, True]).all()
+  with pytest.raises(ValueError, match="non-empty subset"):
+    crops.CropConfig(modalities=("s3",))
