@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One entry point that sets up everything on a fresh machine, then runs a job.
 #   bash launch/run.sh train [--flags...]   short CPU pretraining on the built-in synthetic data
-#   bash launch/run.sh test  [pytest args]  the whole test suite
+#   bash launch/run.sh test  [pytest args]  the whole test suite (TERRAFM_TEST_WORKERS=2 xdist workers)
 # The virtual environment lives in $TERRAFM_VENV (default: .venv in the repository root) and is
 # (re)installed whenever setup.py changes.
 set -euo pipefail
@@ -34,7 +34,8 @@ case "$job" in
     ;;
   test)
     set +e
-    "$venv/bin/python" -m pytest -q "$@"
+    # Two xdist workers: most tests are bound by single-threaded XLA compilation.
+    "$venv/bin/python" -m pytest -q -n "${TERRAFM_TEST_WORKERS:-2}" "$@"
     rc=$?
     # pytest exits 5 when it collected no test (e.g. a -k filter); that is not a failure.
     if [ "$rc" -eq 5 ]; then rc=0; fi
