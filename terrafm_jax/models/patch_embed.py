@@ -90,7 +90,8 @@ class CrossAttentionFusion(nn.Module):
     v = v.reshape(b, n, m, self.num_heads, hd)
     logits = jnp.einsum("qhd,bnmhd->bnhqm", q, k).astype(jnp.float32) * hd ** -0.5
     logits = jnp.where(mask[:, None, None, None, :], logits, -jnp.inf)
-    # A sample with no modality would give NaN; its tokens are never used (see PatchEmbed).
+    # A sample with no modality (invalid input; the data pipeline never draws one) would give NaN:
+    # it averages uniformly instead, so one bad sample cannot poison the batch statistics.
     logits = jnp.where(mask.any(-1)[:, None, None, None, None], logits, 0.0)
     attn = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
     z = jnp.einsum("bnhqm,bnmhd->bnqhd", attn, v).reshape(b, n, self.num_queries, a)
