@@ -155,7 +155,6 @@ def test_drop_path_linear_rule_and_rng(tiny):
   np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert np.abs(np.asarray(a) - np.asarray(c)).max() > 0
   assert np.abs(np.asarray(a) - np.asarray(eval_out)).max() > 0
-  # The first block has rate 0 (linspace(0, rate, depth)); the module records the schedule.
   with pytest.raises(Exception, match="drop_path"):
     enc.apply({"params": params}, x, train=True)  # needs the "drop_path" rng
 
