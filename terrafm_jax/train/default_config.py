@@ -93,7 +93,7 @@ def get_base_config(variant: str = "B/16") -> ml_collections.ConfigDict:
 
   # Learning check at the end of the run: kNN on a held-out labelled set, trained vs random init.
   c.knn = ml_collections.ConfigDict(dict(
-      enabled=False, num_cells=32, seed=12345, k=20, temperature=0.07, modality="s2_l2a",
+      enabled=False, num_cells=32, seed=12345, k=20, temperature=0.07, modality="all",
       img_size=-1, batch_size=64))
 
   # Test hooks: die with SIGKILL right after the step given (after its checkpoint save started,
@@ -145,5 +145,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
       raise ValueError(f"config.data.{f}={c.data[f]} must satisfy 0 < lo <= hi <= 1")
   if c.optim.min_lr < 0 or c.optim.weight_decay < 0 or c.optim.clip_grad < 0:
     raise ValueError("config.optim.min_lr, weight_decay and clip_grad must be >= 0")
+  if c.knn.modality != "all" and c.knn.modality not in ("s1", "s2_l1c", "s2_l2a"):
+    raise ValueError(f"config.knn.modality={c.knn.modality!r}: expected 'all', 's1', 's2_l1c' "
+                     "or 's2_l2a'")
+  if c.knn.enabled and (c.knn.k <= 0 or c.knn.num_cells < 4):
+    raise ValueError(f"config.knn needs k > 0 and num_cells >= 4, got k={c.knn.k}, "
+                     f"num_cells={c.knn.num_cells}")
   if c.global_batch_size % 1:
     raise ValueError("config.global_batch_size must be an integer")

@@ -6,6 +6,14 @@ the teacher encoder (the model that is evaluated and exported) on the whole tile
 global-crop size, one modality at a time (single-modality path). Half the tiles are the kNN
 memory, half the queries. The same architecture at its random initialisation (the very start of
 this run) is the baseline; the margin must be clearly positive for a run that learned.
+
+Two readings, both pretrained vs random init:
+  within-modality: memory and queries in the same modality (3 numbers);
+  cross-modal: memory in one modality, queries in another (6 ordered pairs). TerraFM's claim is one
+    representation for S1, L1C and L2A; at random init the stems are unrelated, so this sits near
+    chance, and it rises only if pretraining aligned the modalities.
+The headline (`config.knn.modality`) is one modality's within-modality accuracy, or "all": the mean
+of the three within-modality accuracies.
 """
 from __future__ import annotations
 
@@ -45,9 +53,44 @@ def _features(model, params, tiles: dict[str, np.ndarray], modality: str, size: 
   return np.concatenate(feats)
 
 
+def knn_matrix(features: dict[str, np.ndarray], labels: np.ndarray, memory: np.ndarray,
+               queries: np.ndarray, *, k: int, temperature: float,
+               num_classes: int = 11) -> dict[tuple[str, str], float]:
+  """kNN accuracy for every (memory modality, query modality) pair.
+
+  features[m] is (N, D) for the same N tiles in every modality; `memory` and `queries` index them.
+  """
+  return {(a, b): knn.knn_accuracy(features[a][memory], labels[memory], features[b][queries],
+                                   labels[queries], num_classes=num_classes, k=k,
+                                   temperature=temperature)
+          for a in features for b in features}
+
+
+def headline(within: dict[str, float], which: str) -> float:
+  if which == "all":
+    return float(np.mean(list(within.values())))
+  return within[which]
+
+
+def summarize(random_acc: dict[tuple[str, str], float],
+              trained_acc: dict[tuple[str, str], float], which: str) -> dict[str, Any]:
+  """The result dict from two `knn_matrix` outputs (random init and pretrained)."""
+  mods = sorted({a for a, _ in random_acc}, key=MODALITIES.index)
+  per_mod = {m: {"random_init": random_acc[(m, m)], "pretrained": trained_acc[(m, m)]}
+             for m in mods}
+  cross = {f"{a}->{b}": {"random_init": random_acc[(a, b)], "pretrained": trained_acc[(a, b)]}
+           for a in mods for b in mods if a != b}
+  rnd = headline({m: d["random_init"] for m, d in per_mod.items()}, which)
+  pre = headline({m: d["pretrained"] for m, d in per_mod.items()}, which)
+  cross_mean = {w: float(np.mean([d[w] for d in cross.values()])) if cross else float("nan")
+                for w in ("random_init", "pretrained")}
+  return {"random_init": rnd, "pretrained": pre, "margin": pre - rnd, "modality": which,
+          "per_modality": per_mod, "cross_modal": cross, "cross_modal_mean": cross_mean}
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, model, teacher: Any, param_init,
         mesh, rules, writer, step: int) -> dict[str, Any] | None:
-  """Returns {"random_init", "pretrained", "margin", "k", "num_test", "per_modality"}."""
+  """Returns `summarize(...)` plus "k" and "num_test"; None on processes other than 0."""
   del workdir, mesh, rules
   kc = config.knn
   # Gather the (possibly sharded, multi-host) teacher to every host, then evaluate on process 0.
@@ -68,19 +111,16 @@ def run(config: ml_collections.ConfigDict, workdir: str, model, teacher: Any, pa
   teacher = jax.device_get(teacher)
   order = np.random.default_rng(kc.seed).permutation(n)
   tr, te = order[: n // 2], order[n // 2:]
-  per_mod = {}
-  for m in MODALITIES:
-    accs = []
-    for params in (random_params, teacher):
-      f = _features(model, params, held_out, m, size, kc.batch_size)
-      accs.append(knn.knn_accuracy(f[tr], labels[tr], f[te], labels[te], num_classes=11,
-                                   k=kc.k, temperature=kc.temperature))
-    per_mod[m] = {"random_init": accs[0], "pretrained": accs[1]}
-  main = per_mod[kc.modality]
-  result = {"random_init": main["random_init"], "pretrained": main["pretrained"],
-            "margin": main["pretrained"] - main["random_init"], "k": kc.k, "num_test": len(te),
-            "modality": kc.modality, "per_modality": per_mod}
-  scalars = {f"knn/{m}/{w}": v for m, d in per_mod.items() for w, v in d.items()}
+  accs = []
+  for params in (random_params, teacher):
+    feats = {m: _features(model, params, held_out, m, size, kc.batch_size) for m in MODALITIES}
+    accs.append(knn_matrix(feats, labels, tr, te, k=kc.k, temperature=kc.temperature))
+  result = summarize(*accs, kc.modality)
+  result.update(k=kc.k, num_test=len(te))
+  scalars = {f"knn/{m}/{w}": v for m, d in result["per_modality"].items() for w, v in d.items()}
+  scalars.update({f"knn/cross/{p}/{w}": v for p, d in result["cross_modal"].items()
+                  for w, v in d.items()})
+  scalars.update({f"knn/cross_mean/{w}": v for w, v in result["cross_modal_mean"].items()})
   scalars["knn/margin"] = result["margin"]
   writer.write_scalars(step, scalars)
   logging.info("kNN learning check: %s", result)

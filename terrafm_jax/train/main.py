@@ -12,6 +12,7 @@ local CPU launcher, which also selects gloo CPU collectives.
 """
 from __future__ import annotations
 
+import logging as pyl
 import os
 import sys
 
@@ -46,6 +47,20 @@ def _init_distributed() -> None:
     jax.distributed.initialize()
 
 
+class _DropLibraryInfo(pyl.Filter):
+  """Orbax logs several INFO lines per checkpoint save (hundreds per smoke run), burying the
+  trainer's progress lines; its warnings and errors still pass. TERRAFM_VERBOSE_LIBS=1 keeps all."""
+  _NOISY = (f"{os.sep}orbax{os.sep}", f"{os.sep}etils{os.sep}")
+
+  def filter(self, record: pyl.LogRecord) -> bool:
+    return record.levelno >= pyl.WARNING or not any(n in record.pathname for n in self._NOISY)
+
+
+def _quiet_library_logs() -> None:
+  if os.environ.get("TERRAFM_VERBOSE_LIBS", "0") != "1":
+    logging.get_absl_handler().addFilter(_DropLibraryInfo())
+
+
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -53,6 +68,7 @@ def main(argv) -> None:
     raise app.UsageError("--config is required, e.g. --config=configs/smoke.py")
   if not _WORKDIR.value:
     raise app.UsageError("--workdir is required")
+  _quiet_library_logs()
   _init_distributed()
   from terrafm_jax.train import trainer  # pylint: disable=g-import-not-at-top
   try:
@@ -70,8 +86,11 @@ def main(argv) -> None:
     print(f"[terrafm] kNN learning check (k={knn['k']}, {knn['num_test']} held-out tiles): "
           f"random init {knn['random_init']:.3f}, pretrained {knn['pretrained']:.3f}, "
           f"margin {knn['margin']:+.3f} ({knn['modality']})", flush=True)
-    for m, r in knn["per_modality"].items():
-      print(f"[terrafm]   {m:7s} random init {r['random_init']:.3f}  pretrained "
+    rows = [(f"{m} (memory and queries)", r) for m, r in knn["per_modality"].items()]
+    rows += [(f"{p.replace('->', ' memory, ')} queries", r) for p, r in knn["cross_modal"].items()]
+    rows.append(("cross-modal mean", knn["cross_modal_mean"]))
+    for name, r in rows:
+      print(f"[terrafm]   {name:34s} random init {r['random_init']:.3f}  pretrained "
             f"{r['pretrained']:.3f}  margin {r['pretrained'] - r['random_init']:+.3f}", flush=True)
 
 

@@ -45,6 +45,7 @@ def test_paper_recipe_values():
     ("model.dtype", "float16", "config.model.dtype"),
     ("dino.high_freq_classes", (0, 12), "config.dino.high_freq_classes"),
     ("global_batch_size", 0, "config.global_batch_size"),
+    ("knn.modality", "s2", "config.knn.modality"),
 ])
 def test_invalid_values_name_the_field(field, value, msg):
   from terrafm_jax.train import default_config
@@ -85,3 +86,27 @@ def test_knn_weighted_vote():
   tr = np.array([[1.0, 0.0], [0.0, 1.0], [0.05, 1.0]])
   pred = knn.knn_predict(tr, np.array([1, 0, 0]), np.array([[1.0, 0.02]]), num_classes=2, k=3)
   assert pred[0] == 1
+
+
+def test_learning_check_cross_modal_knn():
+  """Aligned modalities classify each other's queries; unaligned (random stems) do not."""
+  from terrafm_jax.train import learning_check
+  rng = np.random.default_rng(0)
+  centers = rng.normal(size=(4, 32)) * 3
+  labels = np.repeat(np.arange(4), 30)
+  base = centers[labels] + rng.normal(size=(120, 32))
+  rotation = np.linalg.qr(rng.normal(size=(32, 32)))[0]
+  mem, qry = np.arange(0, 120, 2), np.arange(1, 120, 2)
+  kw = dict(k=5, temperature=0.07, num_classes=4)
+  unaligned = learning_check.knn_matrix({"s1": base, "s2_l2a": base @ rotation}, labels, mem, qry,
+                                        **kw)
+  aligned = learning_check.knn_matrix({"s1": base, "s2_l2a": base + 0.1}, labels, mem, qry, **kw)
+  assert unaligned[("s1", "s1")] == unaligned[("s2_l2a", "s2_l2a")] == 1.0
+  assert unaligned[("s1", "s2_l2a")] < 0.6 and aligned[("s1", "s2_l2a")] == 1.0
+  res = learning_check.summarize(unaligned, aligned, "all")
+  assert res["random_init"] == 1.0 and res["margin"] == 0.0
+  assert set(res["cross_modal"]) == {"s1->s2_l2a", "s2_l2a->s1"}
+  assert res["cross_modal_mean"]["pretrained"] == 1.0
+  assert res["cross_modal_mean"]["random_init"] == np.mean(
+      [unaligned[("s1", "s2_l2a")], unaligned[("s2_l2a", "s1")]])
+  assert learning_check.summarize(unaligned, aligned, "s1")["modality"] == "s1"

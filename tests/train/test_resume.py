@@ -62,11 +62,16 @@ def test_resume_on_one_device_and_teacher_restore(uninterrupted, tmp_path, cli, 
   """Saved on 8 devices (fsdp=2), resumed on 1; the teacher alone restores for evaluation."""
   work = str(tmp_path / "c")
   shutil.copytree(uninterrupted, work)
+  # The end-of-run kNN learning check runs too (8 held-out tiles: plumbing, not accuracy).
   out = cli(["--config=configs/smoke.py:test", "--config.total_steps=5",
-                 "--config.checkpoint.every_steps=2", f"--workdir={work}"], num_devices=1)
+             "--config.checkpoint.every_steps=2", f"--workdir={work}",
+             "--config.knn.enabled=True", "--config.knn.num_cells=8"], num_devices=1)
   assert "resumed from step 4" in out.stderr
   m = metrics_of(work)
   assert np.isfinite(m[5]["loss"])
+  assert "[terrafm] kNN learning check (k=20, 4 held-out tiles)" in out.stdout
+  for row in ("s2_l2a (memory and queries)", "s1 memory, s2_l1c queries", "cross-modal mean"):
+    assert row in out.stdout, out.stdout
   import jax
   from terrafm_jax.train import checkpoint
   enc = checkpoint.restore_teacher(os.path.join(uninterrupted, "checkpoints"))
@@ -74,6 +79,23 @@ def test_resume_on_one_device_and_teacher_restore(uninterrupted, tmp_path, cli, 
   assert set(enc) == set(full["encoder"]) and "patch_embed" in enc
   for x, y in zip(jax.tree.leaves(enc), jax.tree.leaves(full["encoder"])):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_resume_on_four_devices(uninterrupted, tmp_path, cli, metrics_of):
+  """Saved with data=4 x fsdp=2 on 8 devices; step 5 taken after a resume on 4 devices (data=2 x
+  fsdp=2) matches step 5 taken after a resume on the original 8 (same batch, same state)."""
+  losses = {}
+  for n_dev in (4, 8):
+    work = str(tmp_path / f"dev{n_dev}")
+    shutil.copytree(uninterrupted, work)
+    out = cli(["--config=configs/smoke.py:test", "--config.total_steps=5",
+               "--config.checkpoint.every_steps=2", "--config.mesh.fsdp=2", f"--workdir={work}"],
+              num_devices=n_dev)
+    assert "resumed from step 4" in out.stderr
+    assert f"'data': {n_dev // 2}, 'fsdp': 2" in out.stderr
+    losses[n_dev] = metrics_of(work)[5]["loss"]
+  # Not bit-identical: the cross-device reductions are summed in another order.
+  np.testing.assert_allclose(losses[4], losses[8], rtol=1e-5)
 
 
 def test_nan_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, cli):
