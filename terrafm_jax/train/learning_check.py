@@ -32,8 +32,11 @@ from terrafm_jax.eval import knn
 from terrafm_jax.train import sharding as sharding_lib
 
 
-def _features(model, params, tiles: dict[str, np.ndarray], modality: str, size: int,
-              batch_size: int) -> np.ndarray:
+def make_encoder(model, modality: str, size: int):
+  """jit(params, raw tiles) -> CLS features of whole tiles resized to `size`, one modality.
+
+  Built once per modality and reused for both parameter sets, so each compiles once.
+  """
   @jax.jit
   def encode(p, raw):
     x = device_crops.normalize_tiles(raw, DEFAULT_CONTRACT)
@@ -44,12 +47,20 @@ def _features(model, params, tiles: dict[str, np.ndarray], modality: str, size: 
     img = device_crops.crop_views({modality: jnp.nan_to_num(x[modality])}, boxes, flip,
                                   size)[modality][:, 0]
     return model.apply({"params": p}, {modality: img}, None, train=False)["cls"]
+  return encode
 
-  feats = []
+
+def features(encode, params, tiles: dict[str, np.ndarray], batch_size: int) -> np.ndarray:
+  """(N, D) features of all N tiles; the last batch is padded so every call has one shape."""
   n = len(tiles["label"])
+  feats = []
   for lo in range(0, n, batch_size):
     raw = {m: tiles[m][lo:lo + batch_size] for m in MODALITIES}
-    feats.append(np.asarray(encode(params, raw)))
+    got = len(raw[MODALITIES[0]])
+    if got < batch_size:
+      raw = {m: np.concatenate([v, np.repeat(v[-1:], batch_size - got, axis=0)])
+             for m, v in raw.items()}
+    feats.append(np.asarray(encode(params, raw))[:got])
   return np.concatenate(feats)
 
 
@@ -111,15 +122,17 @@ def run(config: ml_collections.ConfigDict, workdir: str, model, teacher: Any, pa
   teacher = jax.device_get(teacher)
   order = np.random.default_rng(kc.seed).permutation(n)
   tr, te = order[: n // 2], order[n // 2:]
+  encoders = {m: make_encoder(model, m, size) for m in MODALITIES}
   accs = []
   for params in (random_params, teacher):
-    feats = {m: _features(model, params, held_out, m, size, kc.batch_size) for m in MODALITIES}
+    feats = {m: features(encoders[m], params, held_out, kc.batch_size) for m in MODALITIES}
     accs.append(knn_matrix(feats, labels, tr, te, k=kc.k, temperature=kc.temperature))
   result = summarize(*accs, kc.modality)
   result.update(k=kc.k, num_test=len(te))
   scalars = {f"knn/{m}/{w}": v for m, d in result["per_modality"].items() for w, v in d.items()}
-  scalars.update({f"knn/cross/{p}/{w}": v for p, d in result["cross_modal"].items()
-                  for w, v in d.items()})
+  # TensorBoard tag names allow no ">": "s1->s2_l2a" is logged as "s1_to_s2_l2a".
+  scalars.update({f"knn/cross/{p.replace('->', '_to_')}/{w}": v
+                  for p, d in result["cross_modal"].items() for w, v in d.items()})
   scalars.update({f"knn/cross_mean/{w}": v for w, v in result["cross_modal_mean"].items()})
   scalars["knn/margin"] = result["margin"]
   writer.write_scalars(step, scalars)

@@ -57,6 +57,18 @@ def run_cli(args, num_devices: int = 1, expect_rc: int = 0, timeout: float = 300
   return proc
 
 
+def start_cli(args, num_devices: int = 1) -> subprocess.Popen:
+  """`python -m terrafm_jax.train ARGS` in the background (stdout/stderr piped, text)."""
+  return subprocess.Popen([sys.executable, "-m", "terrafm_jax.train", *args], cwd=REPO,
+                          env=subprocess_env(num_devices), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture(scope="session")
+def cli_background():
+  return start_cli
+
+
 def read_metrics(workdir: str) -> dict[int, dict]:
   import json  # pylint: disable=g-import-not-at-top
   out = {}
