@@ -20,8 +20,10 @@ def test_sigterm_checkpoints_then_resumes(tmp_path, cli, cli_background):
     metrics = os.path.join(work, "metrics.jsonl")
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
-      if os.path.exists(metrics) and sum(1 for _ in open(metrics, encoding="utf-8")) >= 6:
-        break
+      if os.path.exists(metrics):
+        with open(metrics, encoding="utf-8") as f:
+          if sum(1 for _ in f) >= 6:
+            break
       time.sleep(0.5)
     assert proc.poll() is None, proc.communicate()[1][-4000:]
     proc.send_signal(signal.SIGTERM)
