@@ -1,13 +1,18 @@
 """AdamW as DINO trains it (METHOD.md 1.7, 6), built from the config with regex masks.
 
-Chain: per-tensor gradient clipping -> Adam moments -> decoupled weight decay (cosine schedule,
-masked) -> learning rate (warm-up + cosine) -> zero updates of the frozen last layer during the
-first epoch(s).
+Chain: zero the gradients of the frozen last layer (first epoch(s)) -> per-tensor gradient
+clipping -> Adam moments (per-tensor bias correction, below) -> decoupled weight decay (cosine
+schedule, masked) -> learning rate (warm-up + cosine) -> zero the updates of the frozen last layer.
 
-Differences from PyTorch worth knowing: DINO drops the last layer's gradient (`p.grad = None`)
-during epoch 0, so AdamW neither moves nor decays it; here its update is zeroed, which is the
-same for the parameter, and its moments stay exactly 0. Optax keeps one Adam step counter for all
-tensors, so the first unfrozen updates of the last layer get a fully warmed bias correction.
+DINO drops the last layer's gradient (`p.grad = None`) during epoch 0, so PyTorch's AdamW skips
+that parameter entirely: it does not move, is not decayed, its moments stay 0, and its
+per-parameter step count only starts at its first real gradient. Here the same holds: its
+gradient is zeroed before clipping and Adam, `scale_by_adam_delayed` leaves its moments at exactly
+0 while frozen and counts its bias correction from the first unfrozen step (optax's
+`scale_by_adam` keeps one step counter for all tensors, which would under-correct the fresh
+moments and scale the first unfrozen updates by up to ~6x after a long freeze), and its final
+update (which would otherwise hold the decay term lr * wd * p) is zeroed. Changing this chain
+changes the optimizer-state tree, so checkpoints written before it do not restore into it.
 """
 from __future__ import annotations
 
@@ -81,7 +86,11 @@ class FreezeState(NamedTuple):
 
 
 def freeze_for_steps(mask: Any, num_steps: int) -> optax.GradientTransformation:
-  """Zero the updates of masked tensors while the step count is < num_steps."""
+  """Zero the incoming values (gradients or updates) of masked tensors while step < num_steps.
+
+  make_optimizer uses it twice: first in the chain (the gradient never reaches clipping or Adam)
+  and last (no weight decay either).
+  """
 
   def init_fn(params):
     del params
@@ -97,21 +106,71 @@ def freeze_for_steps(mask: Any, num_steps: int) -> optax.GradientTransformation:
   return optax.GradientTransformation(init_fn, update_fn)
 
 
+class DelayedAdamState(NamedTuple):
+  count: jax.Array  # global step count (scalar)
+  mu: Any
+  nu: Any
+
+
+def scale_by_adam_delayed(start_steps: Any, b1: float = 0.9, b2: float = 0.999,
+                          eps: float = 1e-8) -> optax.GradientTransformation:
+  """`optax.scale_by_adam` where tensor p only takes part from global step `start_steps[p]` on.
+
+  Before its start step a tensor's update is 0 and its moments are left untouched (0); from then
+  on its bias correction counts the steps since its start, as PyTorch's per-parameter Adam state
+  does for a parameter whose gradient was None until then. `start_steps` is a tree of Python ints
+  with the structure of the parameters (0: a plain Adam tensor).
+  """
+
+  def init_fn(params):
+    zeros = lambda p: jnp.zeros_like(p)  # noqa: E731
+    return DelayedAdamState(jnp.zeros([], jnp.int32), jax.tree.map(zeros, params),
+                            jax.tree.map(zeros, params))
+
+  def update_fn(updates, state, params=None):
+    del params
+    count = state.count
+
+    def leaf(g, m, v, start):
+      m_new = b1 * m + (1.0 - b1) * g
+      v_new = b2 * v + (1.0 - b2) * jnp.square(g)
+      t = jnp.maximum(count - start + 1, 1).astype(jnp.float32)
+      u = (m_new / (1.0 - b1 ** t)) / (jnp.sqrt(v_new / (1.0 - b2 ** t)) + eps)
+      if start > 0:
+        active = count >= start
+        m_new, v_new = jnp.where(active, m_new, m), jnp.where(active, v_new, v)
+        u = jnp.where(active, u, jnp.zeros_like(u))
+      return u.astype(g.dtype), m_new.astype(m.dtype), v_new.astype(v.dtype)
+
+    out = jax.tree.map(leaf, updates, state.mu, state.nu, start_steps)
+    u, mu, nu = jax.tree.transpose(jax.tree.structure(updates), jax.tree.structure((0, 0, 0)), out)
+    return u, DelayedAdamState(optax.safe_increment(count), mu, nu)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
 def make_optimizer(config: ml_collections.ConfigDict, params: Any,
                    scheds: schedules_lib.Schedules) -> optax.GradientTransformation:
   """The full optimizer. `params` may be abstract (shapes only); it is used for the masks."""
   o = config.optim
   wd_mask = weight_decay_mask(params, o.wd_exclude_regex, o.wd_include_regex)
-  parts = []
-  if o.clip_grad and o.clip_grad > 0:
-    parts.append(clip_per_tensor(o.clip_grad))
-  parts += [
-      optax.scale_by_adam(b1=o.b1, b2=o.b2, eps=o.eps),
-      optax.add_decayed_weights(scheds.weight_decay, mask=wd_mask),
-      optax.scale_by_learning_rate(scheds.lr),
-  ]
   freeze_steps = int(round(o.freeze_last_layer_epochs * config.steps_per_epoch))
   if freeze_steps > 0:
     rx = re.compile(o.freeze_regex)
-    parts.append(freeze_for_steps(path_mask(params, lambda n, _: rx.search(n)), freeze_steps))
+    freeze_mask = path_mask(params, lambda n, _: rx.search(n))
+  else:
+    freeze_mask = jax.tree.map(lambda _: False, params)
+  start_steps = jax.tree.map(lambda m: freeze_steps if m else 0, freeze_mask)
+  parts = []
+  if freeze_steps > 0:
+    parts.append(freeze_for_steps(freeze_mask, freeze_steps))  # the gradient is dropped
+  if o.clip_grad and o.clip_grad > 0:
+    parts.append(clip_per_tensor(o.clip_grad))
+  parts += [
+      scale_by_adam_delayed(start_steps, b1=o.b1, b2=o.b2, eps=o.eps),
+      optax.add_decayed_weights(scheds.weight_decay, mask=wd_mask),
+      optax.scale_by_learning_rate(scheds.lr),
+  ]
+  if freeze_steps > 0:
+    parts.append(freeze_for_steps(freeze_mask, freeze_steps))  # and no decay moves it
   return optax.chain(*parts)
