@@ -4,11 +4,15 @@ A cell of H x W 10 m pixels gives floor(H/T) x floor(W/T) non-overlapping T x T 
 covers rows [r*T, (r+1)*T) and columns [c*T, (c+1)*T) (Major-TOM's 1068 px cell -> 2 x 2 tiles of
 534 px, DATA.md 2.5). Per tile and modality: the S2 +1000 offset decision (per tile for N9999 and
 id-less products), removal, B10 dropped; S1 stays dB with NaN nodata (float16).
+
+A modality of a tile with no valid pixel (or with NaN pixels, S1) is left out of that tile and
+reported, the tile keeps its other modalities; a tile with no modality left is dropped (rule in
+majortom.py).
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -98,11 +102,44 @@ def _s2_tile(md: ModalityData, sub: np.ndarray, threshold: float):
   return dn[..., :NUM_S2], valid, offset, source     # B10 is the 13th column of L1C: dropped
 
 
+def _modality_tile(md: ModalityData, ys: slice, xs: slice, rc: tuple[int, int],
+                   threshold: float) -> tuple[np.ndarray, dict[str, Any]]:
+  """One modality of one tile in record form, or a per-modality defect as BadInputError."""
+  m = md.ref.modality
+  sub = md.data[ys, xs]
+  where = dict(file=md.ref.file, row_group=md.ref.row_group, grid_cell=md.ref.grid_cell)
+  meta: dict[str, Any] = {}
+  if m == "s1":
+    if md.bad[ys, xs].any():
+      raise BadInputError(f"NaN values in {m} of tile {rc}", column=md.bad_column, kind="nan",
+                          **where)
+    valid = np.isfinite(sub).all(-1)
+    arr = sub.astype(np.float16)
+    meta[f"offset_{m}"], meta[f"offset_source_{m}"] = -1, ""
+  else:
+    arr, valid, offset, source = _s2_tile(md, sub, threshold)
+    meta[f"offset_{m}"], meta[f"offset_source_{m}"] = int(offset), source
+  if not valid.any():
+    raise BadInputError(f"{m} of tile {rc} has no valid pixel", column=md.columns[0],
+                        kind="all_nodata", **where)
+  meta[f"product_id_{m}"] = md.ref.product_id or ""
+  meta[f"nodata_frac_{m}"] = float(1.0 - valid.mean())
+  return arr, meta
+
+
 def tile_cell(cell: CellData, *, tile_size: int, cell_ordinal: int,
               landcover: Any | None = None, stats: dict[str, BandStats] | None = None,
               offset_threshold: float = harmonize.DETECT_THRESHOLD,
-              on_tile_error: Callable[[BadInputError], None] | None = None) -> list[TileRecord]:
-  """Split a cell into tiles. A bad tile raises, or is passed to `on_tile_error` and skipped."""
+              on_tile_error: Callable[[BadInputError], None] | None = None,
+              on_unavailable: Callable[[BadInputError, str], None] | None = None,
+              require: Sequence[str] = ()) -> list[TileRecord]:
+  """Split a cell into tiles.
+
+  A per-modality defect of a tile (no valid pixel; NaN in S1) leaves that modality out of the
+  tile (`meta["unavailable_<m>"]` = the defect kind) and is passed to `on_unavailable(err, m)`.
+  A tile left without any modality, or without a modality in `require`, is dropped: passed to
+  `on_tile_error`, or raised when that is None.
+  """
   h, w = cell.shape
   nr, nc = h // tile_size, w // tile_size
   if nr == 0 or nc == 0:
@@ -118,30 +155,31 @@ def tile_cell(cell: CellData, *, tile_size: int, cell_ordinal: int,
   for r in range(nr):
     for cc in range(nc):
       ys, xs = slice(r * tile_size, (r + 1) * tile_size), slice(cc * tile_size, (cc + 1) * tile_size)
-      arrays, meta = {}, {}
-      try:
-        for m, md in cell.modalities.items():
-          sub = md.data[ys, xs]
-          where = dict(file=md.ref.file, row_group=md.ref.row_group, grid_cell=cell.grid_cell)
-          if m == "s1":
-            if md.bad[ys, xs].any():
-              raise BadInputError(f"NaN values in tile ({r}, {cc})", column=md.bad_column,
-                                  kind="nan", **where)
-            valid = np.isfinite(sub).all(-1)
-            arr = sub.astype(np.float16)
-            meta[f"offset_{m}"], meta[f"offset_source_{m}"] = -1, ""
-          else:
-            arr, valid, offset, source = _s2_tile(md, sub, offset_threshold)
-            meta[f"offset_{m}"], meta[f"offset_source_{m}"] = int(offset), source
-          if not valid.any():
-            raise BadInputError(f"tile ({r}, {cc}) has no valid pixel",
-                                column=md.columns[0], kind="all_nodata", **where)
-          arrays[m] = arr
-          meta[f"product_id_{m}"] = md.ref.product_id or ""
-          meta[f"nodata_frac_{m}"] = float(1.0 - valid.mean())
-      except BadInputError as err:
+      arrays: dict[str, np.ndarray] = {}
+      meta: dict[str, Any] = {}
+      defects: dict[str, BadInputError] = {}
+      for m, md in cell.modalities.items():
+        try:
+          arrays[m], meta_m = _modality_tile(md, ys, xs, (r, cc), offset_threshold)
+          meta.update(meta_m)
+        except BadInputError as err:
+          defects[m] = err
+          meta[f"unavailable_{m}"] = err.kind
+          if on_unavailable is not None:
+            on_unavailable(err, m)
+      lost = [m for m in require if m not in arrays]
+      if not arrays or lost:
+        first = defects.get(lost[0]) if lost else next(iter(defects.values()))
+        why = f"required modality {lost[0]} unavailable" if lost else "no modality left"
+        if first is None:   # a required modality the cell does not have at all
+          ref = next(iter(cell.modalities.values())).ref
+          first = BadInputError(f"the cell has no {lost[0]}", file=ref.file,
+                                row_group=ref.row_group, kind="missing_modality")
+        err = BadInputError(f"tile ({r}, {cc}) dropped, {why}: {first.reason}",
+                            file=first.file, row_group=first.row_group, column=first.column,
+                            grid_cell=cell.grid_cell, kind=first.kind)
         if on_tile_error is None:
-          raise
+          raise err
         on_tile_error(err)
         continue
       lc = None

@@ -182,7 +182,7 @@ def _edit_band(rows, i, column, edit):
   rows[i][column] = synthetic._geotiff(data, r.transform, r.crs, r.nodata)
 
 
-def test_nan_tile(tiny):
+def test_nan_tile_marks_s1_unavailable(tiny):
   path = _part(tiny, "Core-S1RTC")
 
   def fn(rows):
@@ -191,11 +191,17 @@ def test_nan_tile(tiny):
       return a
     _edit_band(rows, 2, "vv", edit)
   _rewrite(path, fn)
-  tiles, result = _expect(tiny, "nan", file=path, row_group=2, column="vv")
-  assert len(tiles) == 11 and result.counts["tiles_skipped"] == 1
+  for on_error in ("error", "skip"):     # a per-modality defect, not an error: S1 left out
+    tiles, result = _run(tiny, on_error=on_error)
+    assert len(tiles) == 12 and result.counts["tiles_skipped"] == 0
+    assert result.unavailable_by_kind == {"nan": {"s1": 1}} and not result.skipped_by_kind
+    (bad,) = [t for t in tiles if "unavailable_s1" in t.meta]
+    assert (bad.tile_row, bad.tile_col) == (1, 0) and bad.available.tolist() == [False, True, True]
+    err = result.errors[0]
+    assert (err["kind"], err["file"], err["row_group"], err["column"]) == ("nan", path, 2, "vv")
 
 
-def test_all_nodata_tile(tiny):
+def test_all_nodata_tile_marks_s2_unavailable(tiny):
   path = _part(tiny, "Core-S2L2A")
 
   def fn(rows):
@@ -206,8 +212,13 @@ def test_all_nodata_tile(tiny):
         return a
       _edit_band(rows, 0, col, edit)
   _rewrite(path, fn)
-  tiles, result = _expect(tiny, "all_nodata", file=path, row_group=0)
-  assert len(tiles) == 11 and result.counts["tiles_skipped"] == 1
+  tiles, result = _run(tiny)
+  assert len(tiles) == 12 and result.counts["tiles_degraded"] == 1
+  assert result.unavailable_by_kind == {"all_nodata": {"s2_l2a": 1}}
+  (bad,) = [t for t in tiles if "unavailable_s2_l2a" in t.meta]
+  assert (bad.tile_row, bad.tile_col) == (0, 0) and bad.available.tolist() == [True, True, False]
+  err = result.errors[0]
+  assert (err["kind"], err["file"], err["row_group"]) == ("all_nodata", path, 0)
 
 
 def test_mismatched_modalities(tiny):
