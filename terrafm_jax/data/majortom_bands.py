@@ -1,8 +1,8 @@
 """Decoding and validation of the band cells of Major-TOM products (DATA.md 2.1).
 
-Each band cell must hold the bytes of a single-band GeoTIFF at the band's native GSD, all bands of a
-product on one grid (same CRS and origin; pixel = the band's GSD; size = ceil(10 m size * 10 / GSD)).
-Every violation is a hard `BadInputError` naming file, row group and column, with `kind`:
+Each band cell must hold the bytes of a single-band GeoTIFF at the band's native GSD, all bands of
+a product on one grid (same CRS and origin; pixel = the band's GSD; size = ceil(10 m size * 10 /
+GSD)). Every violation is a hard `BadInputError` naming file, row group and column, with `kind`:
 
   corrupt_band        empty cell, or TIFF bytes GDAL cannot read
   not_geotiff         not TIFF bytes (e.g. the PNG thumbnail written into a band column). The bytes
@@ -12,9 +12,10 @@ Every violation is a hard `BadInputError` naming file, row group and column, wit
   wrong_geotransform  rotated, or pixel size / origin off the product's grid at the band's GSD
   wrong_size          band size inconsistent with the product's 10 m size
 
-The product's grid and 10 m size are what most of its bands agree on, so the band that is wrong is
-the one named, also when it is the reference band (B02 / vv). A tie (S1 has two bands) is broken by
-the 10 m size of the cell's other modalities, then by the reference band.
+Sizes are checked first, then CRS and geotransform. The product's grid and 10 m size are what most
+of its bands agree on, so the band that is wrong is the one named, also when it is the reference
+band (B02 / vv). A tie (S1 has two bands) is broken by the 10 m size of the cell's other
+modalities, then by the reference band. The product grid must be a north-up 10 m grid.
 """
 from __future__ import annotations
 
@@ -168,15 +169,16 @@ def expected_shape(shape10: tuple[int, int], gsd: float) -> tuple[int, int]:
 
 def _size_votes(rasters: Mapping[str, harmonize.Raster],
                 modality: str) -> list[tuple[tuple[int, int], int]]:
-  """Candidate 10 m sizes (those of the 10 m bands) with the number of bands consistent with each."""
+  """Candidate 10 m sizes (those of the 10 m bands), each with the number of bands fitting it."""
   cands = [rasters[c].shape for c in _ordered(rasters, modality)
            if COLUMN_GSD_M[c] == REFERENCE_GSD_M]
   return [(s, sum(r.shape == expected_shape(s, COLUMN_GSD_M[c]) for c, r in rasters.items()))
           for s in cands]
 
 
-def check_sizes(refs: Mapping[str, ProductRef],
-                rasters: Mapping[str, Mapping[str, harmonize.Raster]]) -> dict[str, tuple[int, int]]:
+def check_sizes(
+    refs: Mapping[str, ProductRef],
+    rasters: Mapping[str, Mapping[str, harmonize.Raster]]) -> dict[str, tuple[int, int]]:
   """The 10 m size of each product, after checking every band against it (see module doc)."""
   votes = {m: _size_votes(rasters[m], m) for m in refs}
   hint = None

@@ -121,13 +121,17 @@ def test_band_that_is_not_a_geotiff_is_rejected(fixture_copy, column, source):
   assert "GeoTIFF" in str(err)
 
 
-def test_band_in_another_crs_is_rejected(fixture_copy):
+@pytest.mark.parametrize("column,crs", [("B05", "EPSG:32630"), ("B04", None)])
+def test_band_in_another_crs_is_rejected(fixture_copy, column, crs):
   def edit(row):
-    data, tr, _, nodata = _read_tif(row["B05"])
-    row["B05"] = _encode(data, transform=tr, crs="EPSG:32630", nodata=nodata)
+    data, tr, _, nodata = _read_tif(row[column])
+    if crs is None:            # a plain TIFF: no CRS, no geotransform
+      row[column] = _encode(data)
+    else:
+      row[column] = _encode(data, transform=tr, crs=crs, nodata=nodata)
   _rewrite_row(_part(fixture_copy, "s2_l2a"), ROW, edit)
-  err = _expect_hard_error(fixture_copy, "wrong_crs", "s2_l2a", "B05")
-  assert "EPSG:32630" in str(err) and "EPSG:32629" in str(err)
+  err = _expect_hard_error(fixture_copy, "wrong_crs", "s2_l2a", column)
+  assert (crs or "missing") in str(err) and "EPSG:32629" in str(err)
 
 
 @pytest.mark.parametrize("column,change", [
