@@ -63,13 +63,25 @@ def training_bundle(student: Mapping[str, Any], teacher: Mapping[str, Any] | Non
   return out
 
 
+def _writable_c_array(value: Any) -> np.ndarray:
+  """A C-contiguous, writable ndarray (a copy only when needed).
+
+  Arrays from device memory (`np.asarray(jax_array)`) are read-only views; `torch.from_numpy`
+  would warn about every one of them (PyTorch tensors cannot be read-only).
+  """
+  value = np.asarray(value)
+  if value.flags.c_contiguous and value.flags.writeable:
+    return value
+  return np.array(value, order="C", copy=True)
+
+
 def save_state_dict(state_dict: Mapping[str, np.ndarray], path: str) -> str:
   """Write {key: array} as .pth (torch.save of CPU tensors) or .safetensors, by extension."""
   fmt = os.path.splitext(path)[1].lstrip(".")
   if fmt not in FORMATS:
     raise ValueError(f"{path}: unknown weight format {fmt!r}; use one of .pth, .safetensors")
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  arrays = {k: np.ascontiguousarray(v) for k, v in state_dict.items()}
+  arrays = {k: _writable_c_array(v) for k, v in state_dict.items()}
   tmp = path + ".tmp"
   if fmt == "safetensors":
     from safetensors.numpy import save_file

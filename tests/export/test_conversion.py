@@ -101,9 +101,14 @@ def test_import_rejects_other_architectures(dino):
   resnet_like = {"conv1.weight": np.zeros((64, 3, 7, 7), np.float32)}
   with pytest.raises(ValueError, match="is not a TerraFM state_dict: missing key 'cls_token'"):
     torch_import.encoder_params_from_state_dict(resnet_like)
+  # One odd tensor is outvoted by the other width-giving keys: a shape mismatch in the listing.
   odd = dict(sd, cls_token=np.zeros((1, 1, 100), np.float32))
-  with pytest.raises(ValueError, match="width 100 and depth 4 match no TerraFM variant"):
+  with pytest.raises(ValueError, match=r"shape mismatch: cls_token: expected \(1, 1, 64\)"):
     torch_import.encoder_params_from_state_dict(odd)
+  wide = {k: np.zeros(v.shape[:-1] + (100,), np.float32) for k, v in sd.items()
+          if k in ("cls_token", "pos_embed")}
+  with pytest.raises(ValueError, match="embedding width 100 matches no TerraFM variant"):
+    torch_import.encoder_params_from_state_dict(wide)
 
 
 def test_import_unwraps_common_checkpoint_containers(dino):
