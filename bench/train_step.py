@@ -28,7 +28,8 @@ def main(_):
   config.data.source = "random"
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.logical_rules(config)
-  it, n = data_source.make_train_iterator(config, "/tmp/terrafm_bench")
+  data = data_source.make_train_data(config, "/tmp/terrafm_bench")
+  it, n = data.iterator, data.num_examples
   config = trainer.resolve_config(config, n)
   model = terrafm.build_dino(config.model)
   scheds = schedules.make_schedules(config)

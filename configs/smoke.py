@@ -20,6 +20,7 @@ def get_config(arg: str | None = None):
   c.model.head.bottleneck_dim = 64
   c.global_batch_size = 32
   c.num_epochs = 120                         # 960 steps
+  c.data.builtin.enabled = True             # the only config that trains on the synthetic set
   c.data.builtin.num_cells = 64
   c.data.builtin.cell_size = 128
   c.data.builtin.tile_size = 64

@@ -29,16 +29,17 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import glob
 import json
 import os
 import sys
 from typing import Any
 
 import numpy as np
+from etils import epath
 
 from terrafm_jax.data import contract as contract_lib
 from terrafm_jax.data import crops as crops_lib
+from terrafm_jax.data import resumable
 from terrafm_jax.data import sampling as sampling_lib
 
 # Virtual length of the sample stream (positions); far beyond any training run.
@@ -70,10 +71,10 @@ class PreparedData:
 
 
 def find_dataset_dir(data_dir: str) -> str:
-  if os.path.exists(os.path.join(data_dir, "dataset_info.json")):
-    return data_dir
-  found = sorted(os.path.dirname(p) for p in glob.glob(
-      os.path.join(data_dir, "**", "dataset_info.json"), recursive=True))
+  root = epath.Path(data_dir)
+  if (root / "dataset_info.json").exists():
+    return str(root)
+  found = sorted(str(p.parent) for p in root.glob("**/dataset_info.json"))
   if len(found) != 1:
     raise FileNotFoundError(f"{data_dir}: expected one prepared dataset (dataset_info.json), "
                             f"found {len(found)}: {found[:5]}")
@@ -82,33 +83,41 @@ def find_dataset_dir(data_dir: str) -> str:
 
 def load_prepared(data_dir: str,
                   contract: contract_lib.InputContract | None = None) -> PreparedData:
-  """Open a prepared dataset; check its contract against `contract` (bands and units)."""
+  """Open a prepared dataset; check `contract` (bands and units) against its contract.json.
+
+  Metadata (index, contract, TFDS info) is read through epath; the ArrayRecord shards are read by
+  file descriptor, so they must be on a mounted filesystem (local disk, NFS, gcsfuse for GCS).
+  """
   import pandas as pd  # pylint: disable=g-import-not-at-top
-  d = find_dataset_dir(data_dir)
+  d = epath.Path(find_dataset_dir(data_dir))
   for name in ("index.parquet", "contract.json", "features.json"):
-    if not os.path.exists(os.path.join(d, name)):
+    if not (d / name).exists():
       raise FileNotFoundError(f"{d} lacks {name}: not a complete terrafm_jax prepared dataset")
-  prepared = contract_lib.InputContract.from_json(os.path.join(d, "contract.json"))
+  prepared = contract_lib.InputContract.from_dict(json.loads((d / "contract.json").read_text()),
+                                                  where=str(d / "contract.json"))
   # Order and units must match; the statistics used on the device are the caller's.
-  contract_lib.DEFAULT_CONTRACT.check_compatible(prepared, what=d, check_stats=False)
+  contract_lib.DEFAULT_CONTRACT.check_compatible(prepared, what=str(d), check_stats=False)
   if contract is not None:
-    contract.check_compatible(prepared, what=d, check_stats=False)
-  with open(os.path.join(d, "dataset_info.json"), encoding="utf-8") as f:
-    info = json.load(f)
+    contract.check_compatible(prepared, what=str(d), check_stats=False)
+  info = json.loads((d / "dataset_info.json").read_text())
   split = [s for s in info["splits"] if s["name"] == "train"][0]
   n = len(split["shardLengths"])
   name = info["name"]
-  paths = [os.path.join(d, f"{name}-train.array_record-{i:05d}-of-{n:05d}") for i in range(n)]
+  paths = [str(d / f"{name}-train.array_record-{i:05d}-of-{n:05d}") for i in range(n)]
+  if "://" in str(d):
+    raise ValueError(f"{d}: ArrayRecord shards are read from a mounted filesystem; mount the "
+                     "bucket (e.g. gcsfuse) and pass the mount path as config.data.data_dir")
   missing = [p for p in paths if not os.path.exists(p)]
   if missing:
     raise FileNotFoundError(f"missing shard files: {missing[:3]}")
-  index = pd.read_parquet(os.path.join(d, "index.parquet"))
+  with (d / "index.parquet").open("rb") as f:
+    index = pd.read_parquet(f)
   total = sum(int(x) for x in split["shardLengths"])
   if total != len(index):
     raise ValueError(f"{d}: index has {len(index)} rows but the shards hold {total} records")
-  with open(os.path.join(d, "features.json"), encoding="utf-8") as f:
-    shape = json.load(f)["featuresDict"]["features"]["s2_l2a"]["tensor"]["shape"]["dimensions"]
-  return PreparedData(d, paths, index, contract or prepared, int(shape[0]))
+  features = json.loads((d / "features.json").read_text())
+  shape = features["featuresDict"]["features"]["s2_l2a"]["tensor"]["shape"]["dimensions"]
+  return PreparedData(str(d), paths, index, contract or prepared, int(shape[0]))
 
 
 class _Positions:
@@ -200,8 +209,10 @@ def make_train_dataset(data_dir: str, *, global_batch_size: int, seed: int,
                        sampling: sampling_lib.SamplingConfig = sampling_lib.SamplingConfig(),
                        process_index: int | None = None, process_count: int | None = None,
                        worker_count: int = 0, worker_buffer_size: int = 2,
-                       contract: contract_lib.InputContract | None = None):
-  """The Grain IterDataset behind `make_train_iterator`, and its PreparedData."""
+                       contract: contract_lib.InputContract | None = None,
+                       start_batch: int = 0, prepared: PreparedData | None = None):
+  """The Grain IterDataset behind `make_train_iterator` (from global batch `start_batch` on),
+  and its PreparedData."""
   import grain  # pylint: disable=g-import-not-at-top
   if process_index is None or process_count is None:
     import jax  # pylint: disable=g-import-not-at-top
@@ -212,7 +223,7 @@ def make_train_dataset(data_dir: str, *, global_batch_size: int, seed: int,
                      f"process_count {process_count}")
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index {process_index} not in [0, {process_count})")
-  prepared = load_prepared(data_dir, contract)
+  prepared = prepared or load_prepared(data_dir, contract)
   if prepared.num_records == 0:
     raise ValueError(f"{prepared.dataset_dir} holds no tile")
   local = global_batch_size // process_count
@@ -221,6 +232,8 @@ def make_train_dataset(data_dir: str, *, global_batch_size: int, seed: int,
         .map(_ReadDecode(prepared))
         .map(_Plan(crops, prepared.tile_size, seed, global_batch_size))
         .batch(local, drop_remainder=True))
+  if start_batch:
+    ds = ds[start_batch:]  # positional: batch n is the same whatever came before it
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=2 if worker_count else 4,
                                             prefetch_buffer_size=2 * local))
   if worker_count > 0:
@@ -235,13 +248,35 @@ def make_train_iterator(data_dir: str, *, global_batch_size: int, seed: int,
                         sampling: sampling_lib.SamplingConfig = sampling_lib.SamplingConfig(),
                         process_index: int | None = None, process_count: int | None = None,
                         worker_count: int = 0, worker_buffer_size: int = 2,
-                        contract: contract_lib.InputContract | None = None):
-  """A checkpointable Grain iterator (get_state / set_state) over per-process batches."""
-  ds, _ = make_train_dataset(
+                        contract: contract_lib.InputContract | None = None,
+                        ) -> resumable.GlobalPositionIterator:
+  """A checkpointable iterator (get_state / set_state) over per-process batches. Its state is
+  the global batch position, so it restores onto any process or worker count."""
+  prepared = load_prepared(data_dir, contract)
+
+  def make(start_batch: int):
+    ds, _ = make_train_dataset(
+        data_dir, global_batch_size=global_batch_size, seed=seed, crops=crops,
+        sampling=sampling, process_index=process_index, process_count=process_count,
+        worker_count=worker_count, worker_buffer_size=worker_buffer_size, contract=contract,
+        start_batch=start_batch, prepared=prepared)
+    return iter(ds)
+
+  make_train_dataset(  # validate the arguments now, not at the first next()
       data_dir, global_batch_size=global_batch_size, seed=seed, crops=crops, sampling=sampling,
-      process_index=process_index, process_count=process_count, worker_count=worker_count,
-      worker_buffer_size=worker_buffer_size, contract=contract)
-  return iter(ds)
+      process_index=process_index, process_count=process_count, worker_count=0,
+      contract=contract, prepared=prepared)
+  fingerprint = {"seed": int(seed), "global_batch_size": int(global_batch_size),
+                 "num_records": prepared.num_records}
+  return resumable.GlobalPositionIterator(make, fingerprint)
+
+
+def global_batch_labels(sampler: sampling_lib.StratifiedSampler, global_batch_size: int,
+                        start_batch: int, stop_batch: int) -> np.ndarray:
+  """Dominant land-cover labels of global batches [start, stop): the whole batch over all
+  processes (what the sampler fed the model), computed from positions without reading data."""
+  pos = np.arange(start_batch * global_batch_size, stop_batch * global_batch_size)
+  return sampler.labels[sampler.indices(pos)]
 
 
 def exposure_counts(data_dir: str, *, seed: int, num_samples: int,

@@ -14,7 +14,6 @@ shardings, so a checkpoint saved on one mesh restores onto any other (8 -> 4 -> 
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import grain
@@ -25,12 +24,13 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from terrafm_jax.data.contract import InputContract
+from terrafm_jax.train import workdir as workdir_lib
 
 STATE, DATA, CONFIG, CONTRACT = "state", "data", "config", "contract"
 
 
 def make_manager(workdir: str, ckpt_cfg: ml_collections.ConfigDict) -> ocp.CheckpointManager:
-  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  directory = workdir_lib.resolve(workdir) / "checkpoints"
   options = ocp.CheckpointManagerOptions(
       max_to_keep=ckpt_cfg.keep,
       save_interval_steps=1,  # the trainer decides (every_steps, last step, preemption)
@@ -56,27 +56,53 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iter: Any,
 
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any, data_iter: Any,
             contract: InputContract | None = None) -> Any:
-  """Restore the state (onto the shardings in `abstract_state`) and the iterator in place."""
+  """Restore the state (onto the shardings in `abstract_state`) and the iterator in place.
+
+  Grain stores one iterator state per process. When the process count changed, this process
+  has no file of its own; the trainer's iterators hold a *global* stream position (see
+  terrafm_jax.data.resumable), so any process' state fast-forwards this one exactly.
+  """
   items = {STATE: ocp.args.StandardRestore(abstract_state)}
-  has_data = data_iter is not None and hasattr(data_iter, "set_state")
-  if has_data:
-    # Grain stores one state per process; another process count cannot resume that stream.
+  data_dir = epath.Path(manager.directory) / str(step) / DATA
+  fallback_state = None
+  if data_iter is not None and hasattr(data_iter, "set_state"):
     name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
-    if not (epath.Path(manager.directory) / str(step) / DATA / name).exists():
-      logging.warning("checkpoint step %d has no data-iterator state for %d processes; the input "
-                      "stream restarts from its beginning (the model state is restored exactly)",
-                      step, jax.process_count())
-      has_data = False
-  if has_data:
-    items[DATA] = grain.checkpoint.CheckpointRestore(data_iter)
+    if (data_dir / name).exists():
+      items[DATA] = grain.checkpoint.CheckpointRestore(data_iter)
+    else:
+      saved = sorted(data_dir.glob("process_*-of-*.json")) if data_dir.exists() else []
+      if saved and getattr(data_iter, "process_count_independent", False):
+        fallback_state = saved[0].read_text()
+        logging.warning("checkpoint step %d was saved by another process count (%s); the input "
+                        "stream continues from the same global position", step, saved[0].name)
+      else:
+        logging.warning("checkpoint step %d has no data-iterator state usable by %d processes; "
+                        "the input stream restarts from its beginning (the model state is "
+                        "restored exactly)", step, jax.process_count())
   if contract is not None:
     items[CONTRACT] = ocp.args.JsonRestore()
   out = manager.restore(step, args=ocp.args.Composite(**items))
   if contract is not None and out[CONTRACT] is not None:
     contract.check_compatible(InputContract.from_dict(out[CONTRACT]),
                               what=f"checkpoint step {step}")
+  if fallback_state is not None:
+    data_iter.set_state(fallback_state.encode())
   logging.info("restored checkpoint step %d from %s", step, manager.directory)
   return out[STATE]
+
+
+def restore_contract(ckpt_dir: str, step: int | None = None) -> InputContract:
+  """The input contract a run trained with, from `<workdir>/checkpoints`."""
+  directory = workdir_lib.resolve(ckpt_dir)
+  with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
+                             item_handlers={CONTRACT: ocp.JsonCheckpointHandler()}) as mngr:
+    step = mngr.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no complete checkpoint in {ckpt_dir}")
+    out = mngr.restore(step, args=ocp.args.Composite(**{CONTRACT: ocp.args.JsonRestore()}))
+  if out[CONTRACT] is None:
+    raise ValueError(f"{ckpt_dir}: checkpoint step {step} holds no input contract")
+  return InputContract.from_dict(out[CONTRACT], where=f"{ckpt_dir} step {step}")
 
 
 def restore_subtree(ckpt_dir: str, key: str = "teacher", step: int | None = None,
@@ -87,7 +113,7 @@ def restore_subtree(ckpt_dir: str, key: str = "teacher", step: int | None = None
   other network) is never read. With `abstract` (ShapeDtypeStructs with shardings) the arrays land
   sharded on the current mesh, whatever mesh saved them; otherwise on the first local device.
   """
-  with ocp.CheckpointManager(os.path.abspath(ckpt_dir),
+  with ocp.CheckpointManager(workdir_lib.resolve(ckpt_dir),
                              options=ocp.CheckpointManagerOptions(read_only=True),
                              item_handlers={STATE: ocp.PyTreeCheckpointHandler()}) as mngr:
     step = mngr.latest_step() if step is None else step

@@ -1,23 +1,33 @@
-"""The trainer's view of the input pipeline: an iterator of per-process numpy batches.
+"""The trainer's view of the input pipeline: per-process numpy batches plus what the run needs to
+know about them (`TrainData`: size, input contract, land-cover labels, global batch labels).
 
 `config.data.source`:
-  "pipeline": terrafm_jax.data (Grain over prepared shards; the built-in synthetic Major-TOM set
-              when `config.data.data_dir` is empty);
+  "pipeline": terrafm_jax.data (Grain over the prepared shards in `config.data.data_dir`, or the
+              built-in synthetic Major-TOM set when `config.data.builtin.enabled`, smoke only);
   "random"  : deterministic random tiles with the same keys, shapes and dtypes, for tests and
               benchmarks of the step alone (no learnable signal).
 Both iterators have get_state/set_state, so checkpoints resume them exactly.
+
+The input contract of a run (`config.data.contract`): "prepared" = the prepared data's
+contract.json (its computed statistics; the pipeline fills S1 nodata with the same means, so
+nodata normalises to 0), "default" = the built-in DEFAULT_CONTRACT, or a path to a contract JSON.
 """
 from __future__ import annotations
 
+import dataclasses
+import fcntl
 import json
 import os
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import jax
 import ml_collections
 import numpy as np
+from absl import logging
+from etils import epath
 
-from terrafm_jax.data.contract import MODALITIES
+from terrafm_jax.data.contract import DEFAULT_CONTRACT, MODALITIES, InputContract
+from terrafm_jax.train import workdir as workdir_lib
 
 # Keys the train step consumes (tile_index stays on the host).
 STEP_KEYS = MODALITIES + ("boxes", "flip", "student_masks", "teacher_masks", "label")
@@ -56,6 +66,8 @@ class RandomBatches(Iterator[dict[str, np.ndarray]]):
       boxes[:, j, 0] = rng.uniform(0, 1, size=b) * (t - side)
       boxes[:, j, 1] = rng.uniform(0, 1, size=b) * (t - side)
 
+    labels = _random_labels(self.c.seed, self.process_index, self.index, b)
+
     def masks(n):
       m = rng.random((b, n, 3)) < 0.5
       m[np.arange(b)[:, None], np.arange(n)[None], rng.integers(0, 3, (b, n))] = True
@@ -71,24 +83,99 @@ class RandomBatches(Iterator[dict[str, np.ndarray]]):
         "available": np.ones((b, 3), bool),
         "boxes": boxes, "flip": rng.random((b, v)) < 0.5,
         "student_masks": masks(v), "teacher_masks": masks(n_g),
-        "label": rng.integers(0, 11, b).astype(np.int32),
+        "label": labels,
         "tile_index": (np.arange(b) + self.index * b).astype(np.int64),
     }
 
 
+def _random_labels(seed: int, process_index: int, index: int, n: int) -> np.ndarray:
+  # A stream of its own, so the global labels of any step are computable without the tiles.
+  return np.random.default_rng([seed, 3, process_index, index]).integers(0, 11, n).astype(np.int32)
+
+
+@dataclasses.dataclass
+class TrainData:
+  iterator: Any                    # next() -> this process' batch; get_state / set_state
+  num_examples: int
+  contract: InputContract          # the run's one contract (normalisation and S1 nodata fill)
+  labelled_fraction: float         # share of tiles with a land-cover label (dual centering)
+  # global_labels(start, stop): labels of the whole global batches [start, stop), all processes.
+  global_labels: Callable[[int, int], np.ndarray]
+  description: str
+
+
 def builtin_root(config: ml_collections.ConfigDict, workdir: str) -> str:
-  return config.data.builtin.root or os.path.join(os.path.abspath(workdir), "builtin_data")
+  """Local folder of the built-in synthetic set. It is written with local file APIs, so a remote
+  workdir keeps it in a per-user cache (it is deterministic from its parameters)."""
+  if config.data.builtin.root:
+    root = config.data.builtin.root
+  elif not workdir_lib.is_remote(workdir):
+    root = os.path.join(str(workdir_lib.resolve(workdir)), "builtin_data")
+  else:
+    root = os.path.join(os.path.expanduser("~"), ".cache", "terrafm_jax", "builtin_data")
+  if workdir_lib.is_remote(root):
+    raise ValueError(f"config.data.builtin.root={root!r}: the built-in set is written to a local "
+                     "(or shared, mounted) folder, not a URI")
+  return root
 
 
-def make_train_iterator(config: ml_collections.ConfigDict, workdir: str) -> tuple[Any, int]:
-  """(iterator, number of training examples) for this process."""
+def _ensure_builtin(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Prepare the built-in set once: process 0 first (the others wait at a barrier), then every
+  other process opens it, building its own copy only if its host does not share the folder. A
+  file lock serialises processes of one host."""
+  from terrafm_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  b = config.data.builtin
+  root = builtin_root(config, workdir)
+  os.makedirs(root, exist_ok=True)
+
+  def build():
+    with open(os.path.join(root, ".lock"), "w", encoding="utf-8") as lock:
+      fcntl.flock(lock, fcntl.LOCK_EX)
+      try:
+        return synthetic.ensure_builtin_dataset(root, num_cells=b.num_cells,
+                                                cell_size=b.cell_size, tile_size=b.tile_size,
+                                                seed=b.seed)
+      finally:
+        fcntl.flock(lock, fcntl.LOCK_UN)
+
+  if jax.process_count() == 1:
+    return build()
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  path = build() if jax.process_index() == 0 else None
+  multihost_utils.sync_global_devices("terrafm_builtin_data_ready")
+  return path if path is not None else build()
+
+
+def resolve_contract(config: ml_collections.ConfigDict, prepared_contract: InputContract | None
+                     ) -> InputContract:
+  choice = config.data.contract
+  if choice == "prepared":
+    return prepared_contract or DEFAULT_CONTRACT
+  if choice == "default":
+    return DEFAULT_CONTRACT
+  path = epath.Path(choice)
+  if not path.exists():
+    raise FileNotFoundError(f"config.data.contract={choice!r}: no such contract file (expected "
+                            "'prepared', 'default' or a contract JSON path)")
+  return InputContract.from_dict(json.loads(path.read_text()), where=choice)
+
+
+def make_train_data(config: ml_collections.ConfigDict, workdir: str) -> TrainData:
+  """This process' input stream and what the trainer needs to know about it."""
   pi, pc = jax.process_index(), jax.process_count()
-  if config.global_batch_size % pc:
-    raise ValueError(f"config.global_batch_size={config.global_batch_size} is not divisible by "
-                     f"the {pc} processes")
+  g = config.global_batch_size
+  if g % pc:
+    raise ValueError(f"config.global_batch_size={g} is not divisible by the {pc} processes")
   if config.data.source == "random":
-    n = config.data.num_examples if config.data.num_examples > 0 else 64 * config.global_batch_size
-    return RandomBatches(config, pi, pc), n
+    n = config.data.num_examples if config.data.num_examples > 0 else 64 * g
+    local = g // pc
+
+    def random_labels(start, stop):
+      return np.concatenate([_random_labels(config.seed, p, i + 1, local)
+                             for i in range(start, stop) for p in range(pc)] or [np.zeros(0)])
+
+    return TrainData(RandomBatches(config, pi, pc), n, resolve_contract(config, None), 1.0,
+                     random_labels, "random tiles (config.data.source='random')")
   if config.data.source != "pipeline":
     raise ValueError(f"config.data.source must be 'pipeline' or 'random', got "
                      f"{config.data.source!r}")
@@ -96,12 +183,9 @@ def make_train_iterator(config: ml_collections.ConfigDict, workdir: str) -> tupl
   from terrafm_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   from terrafm_jax.data import sampling as sampling_lib  # pylint: disable=g-import-not-at-top
   d = config.data
-  data_dir = d.data_dir
-  if not data_dir:
-    from terrafm_jax.data import synthetic  # pylint: disable=g-import-not-at-top
-    data_dir = synthetic.ensure_builtin_dataset(
-        builtin_root(config, workdir), num_cells=d.builtin.num_cells,
-        cell_size=d.builtin.cell_size, tile_size=d.builtin.tile_size, seed=d.builtin.seed)
+  data_dir = d.data_dir or _ensure_builtin(config, workdir)
+  prepared = pipeline.load_prepared(data_dir)
+  contract = resolve_contract(config, prepared.contract)
   crops = crops_lib.CropConfig(
       n_global=d.n_global, global_size=d.global_size, global_scale=tuple(d.global_scale),
       n_local=d.n_local, local_size=d.local_size, local_scale=tuple(d.local_scale),
@@ -111,10 +195,15 @@ def make_train_iterator(config: ml_collections.ConfigDict, workdir: str) -> tupl
   sampling = sampling_lib.SamplingConfig(**{
       k: tuple(v) if isinstance(v, list) else v for k, v in d.sampling.to_dict().items()})
   it = pipeline.make_train_iterator(
-      data_dir, global_batch_size=config.global_batch_size, seed=config.seed, crops=crops,
-      sampling=sampling, process_index=pi, process_count=pc, worker_count=d.worker_count)
-  n = d.num_examples if d.num_examples > 0 else pipeline.load_prepared(data_dir).num_records
-  return it, n
+      data_dir, global_batch_size=g, seed=config.seed, crops=crops, sampling=sampling,
+      process_index=pi, process_count=pc, worker_count=d.worker_count, contract=contract)
+  sampler = pipeline.make_sampler(prepared, sampling, config.seed)
+  labels = prepared.index["label"].to_numpy(np.int64)
+  n = d.num_examples if d.num_examples > 0 else prepared.num_records
+  return TrainData(
+      it, n, contract, float((labels >= 0).mean()) if len(labels) else 0.0,
+      lambda start, stop: pipeline.global_batch_labels(sampler, g, start, stop),
+      f"{prepared.dataset_dir} ({prepared.num_records} tiles)")
 
 
 def describe(it: Any) -> str:

@@ -8,6 +8,11 @@ from __future__ import annotations
 
 import ml_collections
 
+# `main` reports these as "invalid configuration" (exit code 2); data and runtime errors differ.
+class ConfigError(ValueError):
+  pass
+
+
 from terrafm_jax.models import axes
 from terrafm_jax.models import config as model_config
 from terrafm_jax.models import variants
@@ -29,9 +34,13 @@ def get_base_config(variant: str = "B/16") -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "pipeline"        # "pipeline" (terrafm_jax.data) | "random" (tests, benchmarks)
-  c.data.data_dir = ""              # prepared shards (terrafm_jax.data.prepare); "" = built-in synthetic
+  c.data.data_dir = ""              # prepared shards (terrafm_jax.data.prepare); required unless
+  # builtin.enabled (the small synthetic set written on first use; configs/smoke.py only).
   c.data.builtin = ml_collections.ConfigDict(dict(
-      root="", num_cells=64, cell_size=64, tile_size=32, seed=0))
+      enabled=False, root="", num_cells=64, cell_size=64, tile_size=32, seed=0))
+  # The run's input contract (normalisation, S1 nodata fill), saved in checkpoints and exports:
+  # "prepared" = the prepared data's contract.json, "default" = the built-in one, or a JSON path.
+  c.data.contract = "prepared"
   c.data.num_examples = -1          # -1 = length of the prepared dataset
   c.data.n_global = 2
   c.data.n_local = 6
@@ -63,6 +72,10 @@ def get_base_config(variant: str = "B/16") -> ml_collections.ConfigDict:
   # H: WorldCover class indices (DATA.md 3) treated as "high-frequency"; the published examples are
   # tree cover (0), grassland (2) and open sea (7 = permanent water). () disables c_h updates.
   c.dino.high_freq_classes = (0, 2, 7)
+  # Data prepared without land cover has no labels: c_h never updates and the loss becomes DINO
+  # with alpha x c centering. That stops the run unless alpha=1 or this is set (then it warns and
+  # records "dual_centering": "inactive" in run_metadata.json).
+  c.dino.allow_unlabelled = False
 
   c.optim = ml_collections.ConfigDict()
   c.optim.base_lr = 5e-4            # per lr_batch_reference images (DINO scaling rule)
@@ -98,9 +111,10 @@ def get_base_config(variant: str = "B/16") -> ml_collections.ConfigDict:
 
   # Test hooks: die with SIGKILL right after the step given (after its checkpoint save started,
   # or after it committed when die_after_commit) to test crash safety and exact resume;
-  # nan_at_step poisons the inputs of that step (data.source="random" only).
+  # nan_at_step poisons the inputs of that step (data.source="random" only); record_tiles adds
+  # the global batch's tile ids to each metrics.jsonl row (a collective per step).
   c.debug = ml_collections.ConfigDict(dict(die_after_step=-1, die_after_commit=True,
-                                           nan_at_step=-1))
+                                           nan_at_step=-1, record_tiles=False))
   return c
 
 
@@ -114,8 +128,21 @@ def _positive(c, *names):
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
-  """Raise ValueError with the offending field for an impossible config."""
+  """Raise ConfigError with the offending field for an impossible config."""
+  try:
+    _validate(c)
+  except ConfigError:
+    raise
+  except (ValueError, KeyError, AttributeError) as e:
+    raise ConfigError(str(e)) from None
+
+
+def _validate(c: ml_collections.ConfigDict) -> None:
   variants.decode_variant(c.model.variant)
+  if c.data.contract not in ("prepared", "default") and not str(c.data.contract).endswith(
+      ".json"):
+    raise ConfigError(f"config.data.contract={c.data.contract!r}: expected 'prepared', "
+                      "'default' or a path to a contract .json file")
   _positive(c, "global_batch_size", "num_epochs", "data.n_global", "data.global_size",
             "data.local_size", "dino.student_temp", "dino.teacher_temp",
             "dino.warmup_teacher_temp", "optim.base_lr", "optim.lr_batch_reference",
@@ -153,3 +180,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
                      f"num_cells={c.knn.num_cells}")
   if c.global_batch_size % 1:
     raise ValueError("config.global_batch_size must be an integer")
+  if c.data.source == "pipeline" and not c.data.data_dir and not c.data.builtin.enabled:
+    raise ConfigError(
+        "config.data.data_dir is required: the folder written by `python -m "
+        "terrafm_jax.data.prepare` (only configs/smoke.py trains on the built-in synthetic set, "
+        "config.data.builtin.enabled=True)")

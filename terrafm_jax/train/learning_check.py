@@ -27,19 +27,20 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from terrafm_jax.data import device_crops
-from terrafm_jax.data.contract import DEFAULT_CONTRACT, MODALITIES
+from terrafm_jax.data.contract import DEFAULT_CONTRACT, MODALITIES, InputContract
 from terrafm_jax.eval import knn
 from terrafm_jax.train import sharding as sharding_lib
 
 
-def make_encoder(model, modality: str, size: int):
-  """jit(params, raw tiles) -> CLS features of whole tiles resized to `size`, one modality.
+def make_encoder(model, modality: str, size: int, contract: InputContract = DEFAULT_CONTRACT):
+  """jit(params, raw tiles) -> CLS features of whole tiles resized to `size`, one modality,
+  normalised with the run's input contract.
 
   Built once per modality and reused for both parameter sets, so each compiles once.
   """
   @jax.jit
   def encode(p, raw):
-    x = device_crops.normalize_tiles(raw, DEFAULT_CONTRACT)
+    x = device_crops.normalize_tiles(raw, contract)
     t = x[modality].shape[1]
     n = x[modality].shape[0]
     boxes = jnp.broadcast_to(jnp.asarray([0.0, 0.0, t, t], jnp.float32), (n, 1, 4))
@@ -100,7 +101,8 @@ def summarize(random_acc: dict[tuple[str, str], float],
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, model, teacher: Any, param_init,
-        mesh, rules, writer, step: int) -> dict[str, Any] | None:
+        mesh, rules, writer, step: int, contract: InputContract = DEFAULT_CONTRACT
+        ) -> dict[str, Any] | None:
   """Returns `summarize(...)` plus "k" and "num_test"; None on processes other than 0."""
   del workdir, mesh, rules
   kc = config.knn
@@ -122,7 +124,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, model, teacher: Any, pa
   teacher = jax.device_get(teacher)
   order = np.random.default_rng(kc.seed).permutation(n)
   tr, te = order[: n // 2], order[n // 2:]
-  encoders = {m: make_encoder(model, m, size) for m in MODALITIES}
+  encoders = {m: make_encoder(model, m, size, contract) for m in MODALITIES}
   accs = []
   for params in (random_params, teacher):
     feats = {m: features(encoders[m], params, held_out, kc.batch_size) for m in MODALITIES}

@@ -70,6 +70,8 @@ def main(argv) -> None:
     raise app.UsageError("--workdir is required")
   _quiet_library_logs()
   _init_distributed()
+  from terrafm_jax.data.errors import BadInputError  # pylint: disable=g-import-not-at-top
+  from terrafm_jax.train import default_config  # pylint: disable=g-import-not-at-top
   from terrafm_jax.train import trainer  # pylint: disable=g-import-not-at-top
   try:
     result = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
@@ -77,10 +79,14 @@ def main(argv) -> None:
     logging.error("%s", e)
     print(f"[terrafm] ERROR: {e}", file=sys.stderr)
     sys.exit(3)
-  except ValueError as e:  # invalid config values: one clear line, no traceback wall
-    logging.exception("invalid configuration")
-    print(f"[terrafm] ERROR: {e}", file=sys.stderr)
+  except default_config.ConfigError as e:  # invalid config values: one clear line
+    logging.error("invalid configuration: %s", e)
+    print(f"[terrafm] ERROR: invalid configuration: {e}", file=sys.stderr)
     sys.exit(2)
+  except (ValueError, FileNotFoundError, BadInputError) as e:  # bad data, checkpoint, contract
+    logging.exception("training stopped")
+    print(f"[terrafm] ERROR: {type(e).__name__}: {e}", file=sys.stderr)
+    sys.exit(1)
   knn = result.get("knn")
   if knn:
     print(f"[terrafm] kNN learning check (k={knn['k']}, {knn['num_test']} held-out tiles): "

@@ -5,6 +5,10 @@
 TensorFlow is missing, `install()` registers a replacement `clu.metric_writers.summary_writer`
 module whose `SummaryWriter` is this tensorboardX-backed class (same constructor: logdir), before
 clu is imported. With TensorFlow installed, clu's own writer is used unchanged.
+
+Event files under a URI logdir (gs://, s3://, az://) are written through etils.epath (gcsfs for
+GCS), like every other path of a run: object stores cannot append, so the file is kept in memory
+and rewritten whole at each flush (scalar event files stay small).
 """
 from __future__ import annotations
 
@@ -18,7 +22,45 @@ import numpy as np
 _MODULE = "clu.metric_writers.summary_writer"
 
 
+class _EpathRecordFile:
+  """A binary file object for tensorboardX's record writer, stored through epath."""
+
+  def __init__(self, path: str):
+    from etils import epath  # pylint: disable=g-import-not-at-top
+    self._path = epath.Path(path)
+    self._data = bytearray()
+    self.closed = False
+
+  def write(self, data: bytes) -> None:
+    self._data += data
+
+  def flush(self) -> None:
+    self._path.write_bytes(bytes(self._data))
+
+  def close(self) -> None:
+    if not self.closed:
+      self.flush()
+      self.closed = True
+
+
+class _EpathRecordFactory:
+
+  def directory_check(self, path: str) -> None:
+    from etils import epath  # pylint: disable=g-import-not-at-top
+    epath.Path(path).mkdir(parents=True, exist_ok=True)
+
+  def open(self, path: str) -> _EpathRecordFile:
+    return _EpathRecordFile(path)
+
+
+def register_uri_event_files() -> None:
+  from tensorboardX import record_writer  # pylint: disable=g-import-not-at-top
+  for prefix in ("gs", "s3", "az"):
+    record_writer.register_writer_factory(prefix, _EpathRecordFactory())
+
+
 def _make_writer_class():
+  register_uri_event_files()
   # Imported lazily: at this point clu.metric_writers is half-initialised, but `interface` (imported
   # before summary_writer in clu's __init__) is already complete.
   from clu.metric_writers import interface  # pylint: disable=g-import-not-at-top

@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from terrafm_jax.data.contract import DEFAULT_CONTRACT, InputContract
+from terrafm_jax.data.contract import InputContract
 from terrafm_jax.models import terrafm
 from terrafm_jax.train import checkpoint as ckpt_lib
 from terrafm_jax.train import data_source
@@ -30,6 +30,7 @@ from terrafm_jax.train import schedules as schedules_lib
 from terrafm_jax.train import sharding as sharding_lib
 from terrafm_jax.train import state as state_lib
 from terrafm_jax.train import step as step_lib
+from terrafm_jax.train import workdir as workdir_lib
 
 
 class NonFiniteError(RuntimeError):
@@ -37,13 +38,25 @@ class NonFiniteError(RuntimeError):
 
 
 class _Preemption:
-  """SIGTERM -> save at the next step boundary, then exit (the scheduler's grace period)."""
+  """SIGTERM (preemption, SLURM --signal) -> save at a step boundary, then exit.
 
-  def __init__(self):
+  One process: a Python handler sets a flag. Several processes: the stop must be decided at the
+  same step everywhere (a process alone in Orbax's collective save would hang), so no Python
+  handler is installed: JAX's preemption sync service (started by jax.distributed.initialize)
+  catches SIGTERM on any host, and `manager.reached_preemption(step)` turns true on every process
+  at the same step.
+  """
+
+  def __init__(self, manager):
+    self.manager = manager
+    self.multi = jax.process_count() > 1
     self.requested = False
     self._old = None
 
   def __enter__(self):
+    if self.multi:
+      return self
+
     def handler(signum, frame):
       del frame
       logging.warning("signal %d received: saving a checkpoint at the next step", signum)
@@ -52,7 +65,13 @@ class _Preemption:
     return self
 
   def __exit__(self, *exc):
-    signal.signal(signal.SIGTERM, self._old)
+    if self._old is not None:
+      signal.signal(signal.SIGTERM, self._old)
+
+  def stop_at(self, step: int) -> bool:
+    if self.multi:
+      return bool(self.manager.reached_preemption(step))
+    return self.requested
 
 
 def resolve_config(config: ml_collections.ConfigDict,
@@ -67,30 +86,55 @@ def resolve_config(config: ml_collections.ConfigDict,
   return c
 
 
-def _write_jsonl(path: str, step: int, scalars: dict[str, float]) -> None:
-  with open(path, "a", encoding="utf-8") as f:
-    f.write(json.dumps({"step": step, **scalars}) + "\n")
+def _check_landcover(config: ml_collections.ConfigDict, labelled_fraction: float) -> str:
+  """Dual centering needs land-cover labels; without any, say so (or stop)."""
+  if labelled_fraction > 0 or config.dino.alpha >= 1.0 or not config.dino.high_freq_classes:
+    return "active" if labelled_fraction > 0 else "off (alpha=1 or no high-frequency classes)"
+  msg = ("the training data has no land-cover labels (prepared without --landcover): the "
+         "land-cover center c_h never updates and the loss is DINO with "
+         f"{config.dino.alpha} x c centering, not TerraFM's dual centering")
+  if not config.dino.allow_unlabelled:
+    raise default_config.ConfigError(
+        f"{msg}. Prepare the data with WorldCover (--landcover), or set config.dino.alpha=1.0 "
+        "(plain DINO centering) or config.dino.allow_unlabelled=True to train anyway.")
+  logging.warning("%s (config.dino.allow_unlabelled=True)", msg)
+  return "inactive (no land-cover labels)"
+
+
+def _write_run_metadata(workdir, config, data, dual_centering: str, start_step: int) -> None:
+  meta = {"start_step": start_step, "process_count": jax.process_count(),
+          "device_count": jax.device_count(), "data": data.description,
+          "landcover_labelled_fraction": data.labelled_fraction,
+          "dual_centering": dual_centering, "contract": data.contract.to_dict(),
+          "config": json.loads(config.to_json_best_effort())}
+  (workdir / "run_metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Train (or resume) in `workdir`; returns the final scalars (and the kNN check if enabled)."""
   default_config.validate(config)
-  os.makedirs(workdir, exist_ok=True)
+  workdir = workdir_lib.resolve(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
   is_main = jax.process_index() == 0
   if not is_main:
     logging.set_verbosity(logging.WARNING)
-  contract: InputContract = DEFAULT_CONTRACT
+  workdir_lib.warn_if_local_multiprocess(workdir, jax.process_count())
 
   mesh = sharding_lib.make_mesh(config.mesh)
   rules = sharding_lib.logical_rules(config)
   n_batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
   if config.global_batch_size % n_batch_shards:
-    raise ValueError(f"config.global_batch_size={config.global_batch_size} is not divisible by "
-                     f"the {n_batch_shards} batch shards of mesh {dict(mesh.shape)}")
+    raise default_config.ConfigError(
+        f"config.global_batch_size={config.global_batch_size} is not divisible by the "
+        f"{n_batch_shards} batch shards of mesh {dict(mesh.shape)}")
   logging.info("mesh %s on %d devices (%d processes), platform %s", dict(mesh.shape),
                jax.device_count(), jax.process_count(), jax.devices()[0].platform)
 
-  data_iter, num_examples = data_source.make_train_iterator(config, workdir)
+  data = data_source.make_train_data(config, str(workdir))
+  data_iter, num_examples, contract = data.iterator, data.num_examples, data.contract
+  dual_centering = _check_landcover(config, data.labelled_fraction)
+  logging.info("data: %s; input contract: %s", data.description,
+               {m.name: m.stats_source for m in contract.modalities})
   config = resolve_config(config, num_examples)
   total_steps = config.total_steps
   logging.info("%d examples, %d steps/epoch, %d steps", num_examples, config.steps_per_epoch,
@@ -116,11 +160,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       state = state_lib.create_sharded_state(state_init, shardings, rng, rules)
   start_step = int(jax.device_get(state.step))
   metrics_lib.log_parameter_overview(state.student, "student")
+  if is_main:
+    _write_run_metadata(workdir, config, data, dual_centering, start_step)
 
-  writer = metrics_lib.create_writer(workdir)
+  writer = metrics_lib.create_writer(str(workdir))
   if is_main and start_step == 0:
     writer.write_hparams({k: v for k, v in _flat(config.to_dict()).items()})
-  jsonl = os.path.join(workdir, "metrics.jsonl")
+  jsonl = workdir / "metrics.jsonl"
 
   train_step = step_lib.make_train_step(model, tx, scheds, config, contract)
   rep = sharding_lib.replicated(mesh)
@@ -138,13 +184,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     mem = metrics_lib.log_memory_analysis(compiled)
 
   hooks = metrics_lib.periodic_actions_for(config, workdir, writer, total_steps)
+  # Exposure of the whole global batch (every process' slice), exact from step 0 after a resume.
   exposure = metrics_lib.ClassExposure()
+  for s0 in range(0, start_step, 1024):
+    exposure.update(data.global_labels(s0, min(start_step, s0 + 1024)))
   flops = metrics_lib.step_flops(config)
   peak = metrics_lib.peak_flops_per_device(config)
   n_dev = jax.device_count()
   pending: tuple[int, Any] | None = None
   last = {"time": time.time(), "step": start_step, "data_wait": 0.0}
   history: list[dict[str, float]] = []
+  tiles_of_step: dict[int, list[int]] = {}  # debug.record_tiles: the global batch's tile ids
 
   def flush_pending():
     nonlocal pending
@@ -167,7 +217,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     last.update(time=now, step=step_done, data_wait=0.0)
     if is_main:
       writer.write_scalars(step_done, scalars)
-      _write_jsonl(jsonl, step_done, scalars)
+      extra = {"tiles": tiles_of_step.pop(step_done)} if step_done in tiles_of_step else {}
+      workdir_lib.append_jsonl(jsonl, {"step": step_done, **scalars, **extra})
     history.append({"step": step_done, **scalars})
     if not scalars.get("finite", 1.0):
       check_finite(step_done)
@@ -182,13 +233,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           f"{manager.latest_step()} in {manager.directory}.")
 
   step = start_step
-  with _Preemption() as preempt:
+  with _Preemption(manager) as preempt:
     while step < total_steps:
       t0 = time.time()
       local = first_local if first_local is not None else next(data_iter)
       first_local = None
       last["data_wait"] += time.time() - t0
-      exposure.update(local["label"])
+      exposure.update(data.global_labels(step, step + 1))
+      if config.debug.record_tiles:  # test hook: a collective per step
+        tiles_of_step[step + 1] = _global_tiles(local["tile_index"])
       batch = sharding_lib.global_batch({k: local[k] for k in data_source.STEP_KEYS}, mesh)
       state, dev_metrics = compiled(state, batch)
       flush_pending()  # previous logged step: its values are ready or nearly so
@@ -197,7 +250,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         h(step)
       if step % config.log_every_steps == 0 or step == total_steps:
         pending = (step, dev_metrics)
-      stop = preempt.requested or (jax.process_count() > 1 and manager.reached_preemption(step))
+      stop = preempt.stop_at(step)
       if stop or step == total_steps or step % config.checkpoint.every_steps == 0:
         check_finite(step)  # never checkpoint a state that went through a bad step
         saved = ckpt_lib.save(manager, step, state, data_iter, config, contract, force=stop)
@@ -215,11 +268,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   result = {"final_step": step, "history": history, "memory": mem}
   if step >= total_steps and config.knn.enabled:
     from terrafm_jax.train import learning_check  # pylint: disable=g-import-not-at-top
-    result["knn"] = learning_check.run(config, workdir, model, state.teacher, param_init, mesh,
-                                       rules, writer, step)
+    result["knn"] = learning_check.run(config, str(workdir), model, state.teacher, param_init,
+                                       mesh, rules, writer, step, contract=contract)
   manager.close()
   writer.close()
   return result
+
+
+def _global_tiles(local_tiles: np.ndarray) -> list[int]:
+  """Tile ids of the whole global batch, in global order (process p holds rows p*b..(p+1)*b)."""
+  tiles = np.asarray(local_tiles, np.int64)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    tiles = np.asarray(multihost_utils.process_allgather(tiles)).reshape(-1)
+  return [int(t) for t in tiles]
 
 
 def _die(manager, after_commit: bool) -> None:

@@ -87,3 +87,9 @@ def cli():
 @pytest.fixture(scope="session")
 def metrics_of():
   return read_metrics
+
+
+@pytest.fixture(scope="session")
+def env_for():
+  """subprocess_env(num_devices): the environment of the CLI subprocesses."""
+  return subprocess_env

@@ -22,6 +22,10 @@ def _load(name):
 def test_configs_validate(name, arg):
   from terrafm_jax.train import default_config
   c = _load(name).get_config(arg)
+  if name != "smoke":  # recipe configs name their prepared data; smoke trains on built-in data
+    with pytest.raises(default_config.ConfigError, match="config.data.data_dir is required"):
+      default_config.validate(c)
+    c.data.data_dir = "/data/prepared"
   default_config.validate(c)
   for v in (c.data.global_scale, c.dino.high_freq_classes, c.logical_axis_rules):
     assert isinstance(v, tuple)

@@ -1,28 +1,128 @@
-"""Multi-host: 2 local processes x 2 CPU devices (gloo collectives) via launch/local_multiprocess.sh,
-a few steps and a checkpoint holding one data-iterator state per process."""
+"""Multi-host on the real input pipeline: 2 local processes x 2 CPU devices (gloo collectives),
+the same environment launch/local_multiprocess.sh sets up, on the built-in data prepared once
+before the processes start.
+
+One scenario, checked end to end:
+  * every global batch is the tiles the positional stream defines (per-process Grain slices put
+    together), and the class-exposure metric counts the whole global batch, not process 0's slice;
+  * SIGTERM to ONE process (process 1): both processes save the same step and exit 0;
+  * resuming with ONE process continues the input stream at the same global position.
+"""
 from __future__ import annotations
 
+import json
 import os
+import re
+import signal
+import socket
 import subprocess
+import sys
+import time
+
+import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+BUILTIN = dict(num_cells=8, cell_size=64, tile_size=32, seed=0)
+GLOBAL_BATCH = 8
 
-def test_two_processes_train_and_checkpoint(tmp_path, metrics_of):
-  import sys
+
+def _args(work, root, *extra):
+  return ["--config=configs/smoke.py", f"--workdir={work}",
+          f"--config.data.builtin.root={root}",
+          *(f"--config.data.builtin.{k}={v}" for k, v in BUILTIN.items()),
+          f"--config.global_batch_size={GLOBAL_BATCH}", "--config.knn.enabled=False",
+          "--config.log_every_steps=1", "--config.debug.record_tiles=True", *extra]
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _start_processes(args, logs, subprocess_env, n=2, devices=2):
+  port = _free_port()
+  procs = []
+  for i in range(n):
+    env = subprocess_env(devices)
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    env.update(TERRAFM_COORDINATOR=f"127.0.0.1:{port}", TERRAFM_NUM_PROCESSES=str(n),
+               TERRAFM_PROCESS_ID=str(i))
+    log = open(logs / f"process_{i}.log", "w", encoding="utf-8")  # pylint: disable=consider-using-with
+    procs.append((subprocess.Popen([sys.executable, "-m", "terrafm_jax.train", *args], cwd=REPO,
+                                   env=env, stdout=log, stderr=subprocess.STDOUT), log))
+  return procs
+
+
+def _expected_global_batches(data_dir, seed, process_count, start, count):
+  """Tile ids of global batches [start, start+count), from the per-process datasets."""
+  from terrafm_jax.data import pipeline
+  out = [[] for _ in range(count)]
+  for p in range(process_count):
+    ds, _ = pipeline.make_train_dataset(data_dir, global_batch_size=GLOBAL_BATCH, seed=seed,
+                                        process_index=p, process_count=process_count,
+                                        start_batch=start)
+    it = iter(ds)
+    for j in range(count):
+      out[j] += next(it)["tile_index"].tolist()
+  return out
+
+
+def test_two_processes_real_pipeline_sigterm_one_then_resume_on_one(tmp_path, cli, metrics_of,
+                                                                     env_for):
+  from terrafm_jax.data import synthetic
+  root = tmp_path / "builtin"
+  data_dir = synthetic.ensure_builtin_dataset(str(root), **BUILTIN)
   work, logs = tmp_path / "w", tmp_path / "logs"
-  env = dict(os.environ, WORKDIR_LOGS=str(logs), PYTHON=sys.executable,
-             XLA_FLAGS="--xla_backend_optimization_level=0 "
-                       "--xla_llvm_disable_expensive_passes=true")
-  env.pop("JAX_COMPILATION_CACHE_DIR", None)
-  proc = subprocess.run(
-      ["bash", "launch/local_multiprocess.sh", "2", "2", "--", "--config=configs/smoke.py:test",
-       f"--workdir={work}", "--config.total_steps=2", "--config.checkpoint.every_steps=2"],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
-  log0 = (logs / "process_0.log").read_text()
-  assert proc.returncode == 0, proc.stderr[-3000:] + log0[-5000:]
-  assert "on 4 devices (2 processes)" in log0
-  data = work / "checkpoints" / "2" / "data"
+  logs.mkdir()
+  args = _args(work, root, "--config.total_steps=100000", "--config.checkpoint.every_steps=100000")
+  procs = _start_processes(args, logs, env_for)
+  try:
+    deadline = time.time() + 300
+    metrics = work / "metrics.jsonl"
+    while time.time() < deadline and all(p.poll() is None for p, _ in procs):
+      if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+        break
+      time.sleep(0.5)
+    assert all(p.poll() is None for p, _ in procs), (logs / "process_0.log").read_text()[-5000:]
+    procs[1][0].send_signal(signal.SIGTERM)  # one host is preempted
+    rcs = [p.wait(timeout=180) for p, _ in procs]
+  finally:
+    for p, log in procs:
+      if p.poll() is None:
+        p.kill()
+      log.close()
+  texts = [(logs / f"process_{i}.log").read_text() for i in range(2)]
+  assert rcs == [0, 0], "\n".join(t[-4000:] for t in texts)
+  steps = [re.findall(r"preempted: checkpoint of step (\d+) written", t) for t in texts]
+  assert steps[0] and steps[0] == steps[1], steps
+  n = int(steps[0][0])
+  assert "on 4 devices (2 processes)" in texts[0]
+  data = work / "checkpoints" / str(n) / "data"
   assert {"process_0-of-2.json", "process_1-of-2.json"} <= set(os.listdir(data))
-  m = metrics_of(str(work))  # written by process 0 only
-  assert sorted(m) == [1, 2]
+
+  # The global batches the 2-process run trained on are the positional stream's.
+  m = metrics_of(str(work))
+  assert sorted(m) == list(range(1, n + 1))
+  expected = _expected_global_batches(data_dir, 0, 2, 0, n)
+  assert [m[s]["tiles"] for s in range(1, n + 1)] == expected
+  assert expected == _expected_global_batches(data_dir, 0, 1, 0, n)  # independent of slicing
+  # Exposure counts the whole global batch (both processes' slices).
+  import pandas as pd
+  index = pd.read_parquet(os.path.join(data_dir, "index.parquet")).set_index("tile_index")
+  labels = index.loc[[t for s in range(1, n + 1) for t in m[s]["tiles"]], "label"].to_numpy()
+  want = np.bincount(labels[labels >= 0], minlength=11) / max((labels >= 0).sum(), 1)
+  from terrafm_jax.train.metrics import WORLDCOVER
+  got = np.asarray([m[n][f"exposure/{c}"] for c in WORLDCOVER])
+  np.testing.assert_allclose(got, want, atol=1e-12)
+
+  # Resume on ONE process (4 devices): the input stream continues at global batch n.
+  resumed = cli(_args(work, root, f"--config.total_steps={n + 2}",
+                          "--config.checkpoint.every_steps=100000"), num_devices=4)
+  assert f"resumed from step {n}" in resumed.stderr
+  assert "another process count" in resumed.stderr
+  m = metrics_of(str(work))
+  assert [m[s]["tiles"] for s in (n + 1, n + 2)] == _expected_global_batches(data_dir, 0, 2, n, 2)
+  meta = json.loads((work / "run_metadata.json").read_text())
+  assert meta["process_count"] == 1 and meta["start_step"] == n
