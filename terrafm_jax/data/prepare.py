@@ -31,8 +31,9 @@ Next to the TFDS files the dataset directory holds:
   `contract.json`  the input contract with statistics computed over the prepared tiles;
   `band_stats.json`, `prepare.json`, `report.json`: `counts` (cells read / skipped, tiles
                    written / skipped / degraded), `skipped_by_kind`, `modality_unavailable_by_kind`
-                   ({kind: {modality: tiles}}), `offset_decisions`, `errors` (first 200, each naming
-                   file / row group / column), `plan`.
+                   ({kind: {modality: tiles}}), `offset_decisions`, `errors` (skipped cells /
+                   tiles) and `unavailable` (modalities marked unavailable), the first 200 of
+                   each, naming file / row group / column; `plan`.
 
 Records: `s1` (T,T,2) float16 dB with NaN nodata, `s2_l1c` / `s2_l2a` (T,T,12) uint16 harmonised DN
 (all zeros if absent or unavailable), `available` (3,) bool, `wc_hist` (11,) float32, `label` int32,
@@ -122,7 +123,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   with open(os.path.join(out, "report.json"), encoding="utf-8") as f:
     report = json.load(f)
   print(json.dumps({"dataset_dir": out, "counts": report["counts"],
-                    "skipped_by_kind": report["skipped_by_kind"]}, indent=2))
+                    "skipped_by_kind": report["skipped_by_kind"],
+                    "modality_unavailable_by_kind": report["modality_unavailable_by_kind"]},
+                   indent=2))
   return 0
 
 

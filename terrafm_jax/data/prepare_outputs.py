@@ -31,6 +31,7 @@ def merge_units(jobs: Sequence[UnitJob]):
   unavailable: dict[str, dict[str, int]] = {}
   offsets: dict[str, dict[str, int]] = {}
   errors: list[dict[str, Any]] = []
+  unavailable_examples: list[dict[str, Any]] = []
   frames, lengths = [], []
   for j in jobs:
     with open(j.stem + ".json", encoding="utf-8") as f:
@@ -44,6 +45,8 @@ def merge_units(jobs: Sequence[UnitJob]):
     _add_nested(unavailable, info.get("modality_unavailable_by_kind", {}))
     _add_nested(offsets, info["offset_decisions"])
     errors.extend(info["errors"][:MAX_REPORTED_ERRORS - len(errors)])
+    unavailable_examples.extend(
+        info.get("unavailable", [])[:MAX_REPORTED_ERRORS - len(unavailable_examples)])
     if info["num_records"]:
       frames.append(pd.read_parquet(j.stem + ".index.parquet"))
   index = (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame())
@@ -52,7 +55,7 @@ def merge_units(jobs: Sequence[UnitJob]):
   index.insert(0, "record", np.arange(len(index), dtype=np.int64))
   report = {"counts": counts, "skipped_by_kind": kinds,
             "modality_unavailable_by_kind": unavailable, "offset_decisions": offsets,
-            "errors": errors}
+            "errors": errors, "unavailable": unavailable_examples}
   return index, stats, report, lengths
 
 

@@ -90,25 +90,24 @@ class UnitResult:
                                    "tiles_skipped": 0, "cells_realigned": 0, "tiles_degraded": 0}
     self.skipped_by_kind: dict[str, int] = {}
     self.unavailable_by_kind: dict[str, dict[str, int]] = {}   # kind -> modality -> tiles
-    self.errors: list[dict[str, Any]] = []
+    self.errors: list[dict[str, Any]] = []               # skipped cells / tiles (first 200)
+    self.unavailable: list[dict[str, Any]] = []          # modalities marked unavailable (first 200)
     self.offsets: dict[str, dict[str, int]] = {}
-
-  def _log_error(self, record: dict[str, Any]) -> None:
-    if len(self.errors) < MAX_REPORTED_ERRORS:
-      self.errors.append(record)
 
   def skip(self, err: BadInputError, what: str) -> None:
     """A cell or tile not written."""
     self.counts[f"{what}s_skipped"] += 1
     self.skipped_by_kind[err.kind] = self.skipped_by_kind.get(err.kind, 0) + 1
-    self._log_error({**err.to_record(), "skipped": what})
+    if len(self.errors) < MAX_REPORTED_ERRORS:
+      self.errors.append({**err.to_record(), "skipped": what})
     logging.warning("skipping %s: %s", what, err)
 
   def modality_unavailable(self, err: BadInputError, modality: str) -> None:
     """One modality of one tile marked unavailable (the tile keeps its other modalities)."""
     d = self.unavailable_by_kind.setdefault(err.kind, {})
     d[modality] = d.get(modality, 0) + 1
-    self._log_error({**err.to_record(), "skipped": "modality", "modality": modality})
+    if len(self.unavailable) < MAX_REPORTED_ERRORS:
+      self.unavailable.append({**err.to_record(), "modality": modality})
     logging.info("%s unavailable: %s", modality, err)
 
   def add_tile(self, t: tiling.TileRecord) -> None:
@@ -125,5 +124,6 @@ class UnitResult:
   def to_json(self) -> dict[str, Any]:
     return {"counts": self.counts, "skipped_by_kind": self.skipped_by_kind,
             "modality_unavailable_by_kind": self.unavailable_by_kind,
-            "errors": self.errors, "offset_decisions": self.offsets,
+            "errors": self.errors, "unavailable": self.unavailable,
+            "offset_decisions": self.offsets,
             "stats": {m: s.to_dict() for m, s in self.stats.items()}}

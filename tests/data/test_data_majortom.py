@@ -197,7 +197,7 @@ def test_nan_tile_marks_s1_unavailable(tiny):
     assert result.unavailable_by_kind == {"nan": {"s1": 1}} and not result.skipped_by_kind
     (bad,) = [t for t in tiles if "unavailable_s1" in t.meta]
     assert (bad.tile_row, bad.tile_col) == (1, 0) and bad.available.tolist() == [False, True, True]
-    err = result.errors[0]
+    err = result.unavailable[0]
     assert (err["kind"], err["file"], err["row_group"], err["column"]) == ("nan", path, 2, "vv")
 
 
@@ -217,7 +217,7 @@ def test_all_nodata_tile_marks_s2_unavailable(tiny):
   assert result.unavailable_by_kind == {"all_nodata": {"s2_l2a": 1}}
   (bad,) = [t for t in tiles if "unavailable_s2_l2a" in t.meta]
   assert (bad.tile_row, bad.tile_col) == (0, 0) and bad.available.tolist() == [True, True, False]
-  err = result.errors[0]
+  err = result.unavailable[0]
   assert (err["kind"], err["file"], err["row_group"]) == ("all_nodata", path, 0)
 
 

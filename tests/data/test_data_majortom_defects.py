@@ -215,9 +215,11 @@ def test_nan_in_s1_marks_only_s1_unavailable(fixture_copy):
   assert len(tiles) == 24 and result.unavailable_by_kind == {"nan": {"s1": 1}}
   t = _tiles_by_id(tiles)[(CELL, 0, 1)]
   assert t.available.tolist() == [False, False, True] and t.meta["unavailable_s1"] == "nan"
-  err = [e for e in result.errors if e["kind"] == "nan"][0]
-  assert (err["file"], err["row_group"], err["column"]) == (_part(fixture_copy, "s1"), ROW, "vv")
-  assert err["modality"] == "s1" and err["skipped"] == "modality"
+  assert not result.errors and len(result.unavailable) == 1
+  err = result.unavailable[0]
+  assert (err["kind"], err["file"], err["row_group"], err["column"], err["modality"]) == (
+      "nan", _part(fixture_copy, "s1"), ROW, "vv", "s1")
+  assert CELL in err["grid_cell"] and "tile (0, 1)" in err["reason"]
   # a required modality that becomes unavailable drops the tile
   tiles_req, result_req = _run(fixture_copy, require=("s1", "s2_l2a"))
   assert len(tiles_req) == 23 and result_req.counts["tiles_skipped"] == 1
@@ -241,7 +243,8 @@ def test_s2_nodata_tile_keeps_valid_s1(fixture_copy):
     _edit_band(fixture_copy, "s1", col, _s1_nodata_left_half)
   tiles, result = _run(fixture_copy)
   assert len(tiles) == 23 and (CELL, 1, 0) not in _tiles_by_id(tiles)
-  assert result.counts["tiles_skipped"] == 1
+  assert result.counts["tiles_skipped"] == 1 and result.skipped_by_kind == {"all_nodata": 1}
+  assert [(e["skipped"], e["grid_cell"]) for e in result.errors] == [("tile", CELL)]
   assert result.unavailable_by_kind == {"all_nodata": {"s1": 2, "s2_l2a": 1}}
 
 
@@ -267,3 +270,5 @@ def test_prepare_writes_unavailable_modality_like_an_absent_one(fixture_copy, tm
   report = json.load(open(os.path.join(d, "report.json")))
   assert report["modality_unavailable_by_kind"] == {"all_nodata": {"s1": 2}}
   assert report["counts"]["tiles_degraded"] == 2 and report["counts"]["tiles_written"] == 24
+  assert [(e["kind"], e["modality"], e["column"]) for e in report["unavailable"]] == [
+      ("all_nodata", "s1", "vv")] * 2 and not report["errors"]
