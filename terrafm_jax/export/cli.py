@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from terrafm_jax.data.contract import DEFAULT_CONTRACT
 from terrafm_jax.export import torch_export, torch_import
 from terrafm_jax.models.config import get_model_config
 from terrafm_jax.models.terrafm import build_encoder
@@ -30,6 +31,12 @@ def _restore_teacher(workdir: str, step: int | None):
   from terrafm_jax.train import checkpoint  # the trainer's checkpoint layout
   return checkpoint.restore_teacher(os.path.join(workdir, "checkpoints"), step,
                                     encoder_only=False)
+
+
+def _run_contract(workdir: str, step: int | None):
+  """The input contract the run trained with (saved in its checkpoint), for the export."""
+  from terrafm_jax.train import checkpoint  # the trainer's checkpoint layout
+  return checkpoint.restore_contract(os.path.join(workdir, "checkpoints"), step)
 
 
 def _host(tree):
@@ -51,8 +58,9 @@ def _cmd_released(args) -> list[str]:
     params = _host(_restore_teacher(args.workdir, args.step)["encoder"])
   sd = torch_export.encoder_state_dict(params)
   variant, img_size = torch_import.infer_variant(sd)
+  contract = DEFAULT_CONTRACT if args.random_init else _run_contract(args.workdir, args.step)
   return [torch_export.save_state_dict(sd, args.out),
-          torch_export.write_contract(args.out, variant, img_size)]
+          torch_export.write_contract(args.out, variant, img_size, contract)]
 
 
 def _cmd_bundle(args) -> list[str]:
@@ -61,7 +69,8 @@ def _cmd_bundle(args) -> list[str]:
       else torch_export.training_bundle(student=None, teacher=teacher)
   variant, img_size = torch_import.infer_variant(torch_export.encoder_state_dict(teacher["encoder"]))
   return [torch_export.save_state_dict(sd, args.out),
-          torch_export.write_contract(args.out, variant, img_size)]
+          torch_export.write_contract(args.out, variant, img_size,
+                                      _run_contract(args.workdir, args.step))]
 
 
 def _cmd_import(args) -> list[str]:

@@ -114,3 +114,31 @@ def test_learning_check_cross_modal_knn():
   assert res["cross_modal_mean"]["random_init"] == np.mean(
       [unaligned[("s1", "s2_l2a")], unaligned[("s2_l2a", "s1")]])
   assert learning_check.summarize(unaligned, aligned, "s1")["modality"] == "s1"
+
+
+def test_recipe_config_without_data_dir_is_a_config_error(cli):
+  proc = cli(["--config=configs/terrafm_b.py:Ti/16", "--workdir=/tmp/unused_terrafm_b"],
+             expect_rc=2, timeout=120)
+  assert "invalid configuration" in proc.stderr
+  assert "config.data.data_dir is required" in proc.stderr
+
+
+def test_data_errors_are_not_reported_as_configuration(tmp_path, cli):
+  proc = cli(["--config=configs/smoke.py:test", f"--workdir={tmp_path / 'w'}",
+              "--config.data.source=pipeline", f"--config.data.data_dir={tmp_path / 'nothing'}"],
+             expect_rc=1, timeout=120)
+  assert "invalid configuration" not in proc.stderr
+  assert "FileNotFoundError" in proc.stderr and "nothing" in proc.stderr
+
+
+def test_unlabelled_data_stops_dual_centering_unless_opted_out():
+  from terrafm_jax.train import default_config, trainer
+  c = _load("smoke").get_config(None)
+  with pytest.raises(default_config.ConfigError, match="no land-cover labels"):
+    trainer._check_landcover(c, 0.0)  # pylint: disable=protected-access
+  assert trainer._check_landcover(c, 0.7) == "active"  # pylint: disable=protected-access
+  c.dino.alpha = 1.0
+  assert trainer._check_landcover(c, 0.0).startswith("off")  # pylint: disable=protected-access
+  c.dino.alpha = 0.8
+  c.dino.allow_unlabelled = True
+  assert trainer._check_landcover(c, 0.0).startswith("inactive")  # pylint: disable=protected-access

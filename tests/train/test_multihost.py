@@ -126,3 +126,13 @@ def test_two_processes_real_pipeline_sigterm_one_then_resume_on_one(tmp_path, cl
   assert [m[s]["tiles"] for s in (n + 1, n + 2)] == _expected_global_batches(data_dir, 0, 2, n, 2)
   meta = json.loads((work / "run_metadata.json").read_text())
   assert meta["process_count"] == 1 and meta["start_step"] == n
+  # One input contract: the prepared data's computed statistics, also in the checkpoint.
+  prepared = json.loads((tmp_path / "builtin").joinpath(
+      os.path.relpath(os.path.join(data_dir, "contract.json"), root)).read_text())
+  assert meta["contract"] == prepared
+  from terrafm_jax.train import checkpoint
+  assert checkpoint.restore_contract(str(work / "checkpoints")).to_dict() == prepared
+  # Resuming with another contract is refused, naming the difference (a data error, exit 1).
+  refused = cli(_args(work, root, f"--config.total_steps={n + 4}", "--config.data.contract=default"),
+                num_devices=4, expect_rc=1)
+  assert "normalisation statistics differ" in refused.stderr
