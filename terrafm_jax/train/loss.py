@@ -119,9 +119,9 @@ def collapse_stats(teacher_probs: jax.Array) -> dict[str, jax.Array]:
   teacher_kl_uniform: KL(mean_b P_t || uniform) = log K - H(mean_b P_t) (-> log K when every sample
   lands on the same prototype, ~0 when outputs spread uniformly).
   """
-  p = teacher_probs.reshape(-1, teacher_probs.shape[-1])
-  k = p.shape[-1]
+  p = teacher_probs  # (..., B, K); reduced over the leading axes, never reshaped (a reshape that
+  k = p.shape[-1]     # merges the sharded batch axis with the view axis gathers it)
   ent = -jnp.sum(p * jnp.log(jnp.clip(p, 1e-30)), axis=-1)
-  p_mean = jnp.mean(p, axis=0)
+  p_mean = jnp.mean(p, axis=tuple(range(p.ndim - 1)))
   ent_mean = -jnp.sum(p_mean * jnp.log(jnp.clip(p_mean, 1e-30)))
   return {"teacher_entropy": jnp.mean(ent), "teacher_kl_uniform": jnp.log(k) - ent_mean}

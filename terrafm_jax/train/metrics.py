@@ -4,13 +4,18 @@ Writers: clu.metric_writers (TensorBoard event files + log lines), with the tens
 writer of tb_writer.py when TensorFlow is absent. Only process 0 writes.
 
 FLOP accounting (model FLOPs, for MFU; counts a multiply-add as 2 FLOPs, ignores norms, softmax,
-GELU, crops and the optimizer):
-  per image, encoder forward with N patch tokens (+1 CLS), width d, depth L, MLP m, A = 3d:
-    stems         2 * N * (p^2 * C) * A          for each stem computed (all three, static graph)
-    projection    2 * N * (2 A^2 + A d)          proj1, proj2, proj3
-    fusion        2 * N * (A^2 + 2 N_q A)        K projection + query scores/values (when fused)
+GELU, crops and the optimizer). It counts what the compiled step runs, not the minimal model: the
+training step feeds every view through the masked path of the patch embedding (all M = 3 stems,
+the case-1 projection and the fusion, then a per-sample select), so per image, encoder forward
+with N patch tokens (+1 CLS), width d, depth L, MLP m, A = 3d, N_q fusion queries:
+    stems         2 * N * (p^2 * C_m) * A        for each of the M stems
+    case 1        2 * N * A^2                    proj1 of the selected modality's tokens
+    fusion        2 * N * (2 M A^2               proj1 (values) and key of every modality
+                           + 2 N_q M A + N_q A)  attention logits and values, query scores
+    output        2 * N * (A^2 + A d)            proj2, proj3
     blocks        L * [2 * (N+1) * (4 d^2 + 2 d m) + 4 * (N+1)^2 * d]
     head          2 * (d h + (nlayers-2) h^2 + h b + b K)
+The released single-modality path (`fused=False`) has one stem, proj1-3 and no fusion.
   step = 3 x student forward (forward + backward = 3 forwards) on all crops
        + 1 x teacher forward on the global crops.
 """
@@ -51,13 +56,17 @@ def create_writer(workdir: str) -> metric_writers.MetricWriter:
 
 def encoder_forward_flops(model_cfg: ml_collections.ConfigDict, img_size: int,
                           fused: bool = True) -> float:
+  """Forward FLOPs of one image (module docstring); `fused` = the masked training path."""
   dims = variants.decode_variant(model_cfg.variant)
   d, depth, m, p = dims["width"], dims["depth"], dims["mlp_dim"], dims["patch_size"]
   a = 3 * d
   n = (img_size // p) ** 2
-  stems = sum(2 * n * p * p * c * a for c in (2, 12, 12))
-  proj = 2 * n * (2 * a * a + a * d)
-  fusion = 2 * n * (a * a + 2 * model_cfg.fusion_queries * a) if fused else 0
+  nq = model_cfg.fusion_queries
+  channels = (2, 12, 12) if fused else (12,)
+  stems = sum(2 * n * p * p * c * a for c in channels)
+  mods = len(channels)
+  proj = 2 * n * (a * a) + 2 * n * (a * a + a * d)
+  fusion = 2 * n * (2 * mods * a * a + 2 * nq * mods * a + nq * a) if fused else 0
   t = n + 1
   blocks = depth * (2 * t * (4 * d * d + 2 * d * m) + 4 * t * t * d)
   return float(stems + proj + fusion + blocks)

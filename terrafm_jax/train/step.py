@@ -31,7 +31,6 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                     contract: InputContract) -> Callable[[TrainState, Mapping[str, jax.Array]],
                                                           tuple[TrainState, dict[str, jax.Array]]]:
   d = config.dino
-  n_g = config.data.n_global
   compute_dtype = jnp.dtype(config.model.dtype)
   use_drop_path = config.model.drop_path_rate > 0
 
@@ -44,13 +43,13 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
 
     teacher_logits = model.apply({"params": state.teacher}, views.global_images,
                                  views.teacher_mask, train=False)["logits"]
-    teacher_logits = jax.lax.stop_gradient(teacher_logits).reshape(n_g, b, -1)
+    teacher_logits = views_lib.per_view(jax.lax.stop_gradient(teacher_logits), b)
     teacher_temp = scheds.teacher_temp(step)
 
     def student_logits(params, images, mask, rng):
       rngs = {"drop_path": rng} if use_drop_path else {}
       out = model.apply({"params": params}, images, mask, train=True, rngs=rngs)["logits"]
-      return out.reshape(-1, b, out.shape[-1])
+      return views_lib.per_view(out, b)
 
     def loss_fn(params):
       s = student_logits(params, views.global_images, views.student_global_mask, k_global)

@@ -1,8 +1,13 @@
-"""Multi-crop views on the device: raw tiles + boxes -> normalised, view-major model inputs.
+"""Multi-crop views on the device: raw tiles + boxes -> normalised, sample-major model inputs.
 
 Runs inside the jitted step (DESIGN.md decision 5): the host ships raw tiles and crop boxes only.
 Every view carries all three modalities (same crop box, co-registered) and a (3,) mask, so the
 graph is static whatever the modality draw.
+
+Layout: sample-major, (B, V, ...) -> (B * V, ...) with the sample outermost. The batch axis is the
+sharded one, so each device keeps its own samples' views from the crops through the encoder to the
+loss; a view-major layout (V outermost) would reshuffle activations between devices (all-gathers
+and collective permutes in the compiled step; tests/train/test_step_sharding_hlo.py).
 """
 from __future__ import annotations
 
@@ -18,17 +23,22 @@ from terrafm_jax.data import device_crops
 
 
 class Views(NamedTuple):
-  global_images: dict[str, jax.Array]     # modality -> (n_global * B, G, G, C), view-major
-  local_images: dict[str, jax.Array] | None  # modality -> (n_local * B, L, L, C) or None
-  student_global_mask: jax.Array           # (n_global * B, 3) bool
-  student_local_mask: jax.Array | None     # (n_local * B, 3) bool
-  teacher_mask: jax.Array                  # (n_global * B, 3) bool
+  global_images: dict[str, jax.Array]     # modality -> (B * n_global, G, G, C), sample-major
+  local_images: dict[str, jax.Array] | None  # modality -> (B * n_local, L, L, C) or None
+  student_global_mask: jax.Array           # (B * n_global, 3) bool
+  student_local_mask: jax.Array | None     # (B * n_local, 3) bool
+  teacher_mask: jax.Array                  # (B * n_global, 3) bool
 
 
-def _view_major(x: jax.Array) -> jax.Array:
-  """(B, V, ...) -> (V * B, ...), so a reshape to (V, B, ...) recovers the views."""
-  x = jnp.swapaxes(x, 0, 1)
+def sample_major(x: jax.Array) -> jax.Array:
+  """(B, V, ...) -> (B * V, ...); a reshape to (B, V, ...) recovers the views."""
   return x.reshape((-1,) + x.shape[2:])
+
+
+def per_view(x: jax.Array, batch: int) -> jax.Array:
+  """Sample-major (B * V, ...) -> (V, B, ...), the loss's view-indexed layout. The sharded batch
+  axis only moves position (no data leaves its device)."""
+  return jnp.swapaxes(x.reshape((batch, -1) + x.shape[1:]), 0, 1)
 
 
 def make_views(batch: Mapping[str, jax.Array], contract: InputContract,
@@ -39,14 +49,14 @@ def make_views(batch: Mapping[str, jax.Array], contract: InputContract,
   def crops(lo, hi, size):
     out = device_crops.crop_views(tiles, batch["boxes"][:, lo:hi], batch["flip"][:, lo:hi],
                                   out_size=size)
-    return {m: _view_major(out[m]).astype(compute_dtype) for m in MODALITIES}
+    return {m: sample_major(out[m]).astype(compute_dtype) for m in MODALITIES}
 
   n_views = batch["boxes"].shape[1]
   smask = batch["student_masks"]
   local, local_mask = None, None
   if n_views > n_g:
     local = crops(n_g, n_views, data_cfg.local_size)
-    local_mask = _view_major(smask[:, n_g:])
+    local_mask = sample_major(smask[:, n_g:])
   return Views(global_images=crops(0, n_g, data_cfg.global_size), local_images=local,
-               student_global_mask=_view_major(smask[:, :n_g]), student_local_mask=local_mask,
-               teacher_mask=_view_major(batch["teacher_masks"]))
+               student_global_mask=sample_major(smask[:, :n_g]), student_local_mask=local_mask,
+               teacher_mask=sample_major(batch["teacher_masks"]))

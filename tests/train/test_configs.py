@@ -142,3 +142,24 @@ def test_unlabelled_data_stops_dual_centering_unless_opted_out():
   c.dino.alpha = 0.8
   c.dino.allow_unlabelled = True
   assert trainer._check_landcover(c, 0.0).startswith("inactive")  # pylint: disable=protected-access
+
+
+def test_local_workdir_with_several_processes_warns_once(caplog):
+  import logging
+  from terrafm_jax.train import workdir
+  workdir._warned_local = False  # pylint: disable=protected-access
+  with caplog.at_level(logging.WARNING):
+    workdir.warn_if_local_multiprocess(workdir.resolve("/tmp/run"), 2)
+    workdir.warn_if_local_multiprocess(workdir.resolve("/tmp/run"), 2)
+    workdir.warn_if_local_multiprocess(workdir.resolve("gs://bucket/run"), 2)
+    workdir.warn_if_local_multiprocess(workdir.resolve("/tmp/run"), 1)
+  msgs = [r.getMessage() for r in caplog.records if "shared filesystem" in r.getMessage()]
+  assert len(msgs) == 1 and "2 processes" in msgs[0]
+
+
+def test_uri_workdirs_are_not_made_local():
+  import os
+  from terrafm_jax.train import workdir
+  assert str(workdir.resolve("gs://bucket/run")) == "gs://bucket/run"
+  assert str(workdir.resolve("gs://bucket/run") / "checkpoints") == "gs://bucket/run/checkpoints"
+  assert str(workdir.resolve("rel/dir")) == os.path.abspath("rel/dir")

@@ -132,6 +132,13 @@ def test_two_processes_real_pipeline_sigterm_one_then_resume_on_one(tmp_path, cl
   assert meta["contract"] == prepared
   from terrafm_jax.train import checkpoint
   assert checkpoint.restore_contract(str(work / "checkpoints")).to_dict() == prepared
+  # The export states the run's contract.
+  import subprocess as sp
+  out = tmp_path / "teacher.safetensors"
+  sp.run([sys.executable, "-m", "terrafm_jax.export", "released", "--workdir", str(work),
+          "--out", str(out)], cwd=REPO, env=env_for(1), check=True, capture_output=True)
+  exported = json.loads((tmp_path / "teacher.contract.json").read_text())
+  assert exported["contract"] == prepared
   # Resuming with another contract is refused, naming the difference (a data error, exit 1).
   refused = cli(_args(work, root, f"--config.total_steps={n + 4}", "--config.data.contract=default"),
                 num_devices=4, expect_rc=1)
