@@ -56,7 +56,7 @@ import torch  # noqa: E402
 
 from terrafm_jax.data.contract import DEFAULT_CONTRACT, MODALITIES  # noqa: E402
 from terrafm_jax.models import terrafm  # noqa: E402
-from terrafm_jax.train import data_source, optim, schedules, sharding  # noqa: E402
+from terrafm_jax.train import data_source, metrics, optim, schedules, sharding  # noqa: E402
 from terrafm_jax.train import state as state_lib  # noqa: E402
 from terrafm_jax.train import step as step_lib  # noqa: E402
 from terrafm_jax.train import trainer  # noqa: E402
@@ -94,73 +94,74 @@ def single_modality(batch: dict) -> dict:
   return out
 
 
-def timed(fn, n: int) -> list[float]:
-  ts = []
+def timed(fn, n: int) -> tuple[list[float], list[float]]:
+  """Wall and process-CPU seconds of n calls."""
+  ts, cs = [], []
   for _ in range(n):
-    t0 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
     fn()
     ts.append(time.perf_counter() - t0)
-  return ts
+    cs.append(time.process_time() - c0)
+  return ts, cs
 
 
-def jax_train_step(config, host_batches, n_steps: int) -> dict:
-  mesh = sharding.make_mesh(config.mesh)
-  rules = sharding.logical_rules(config)
-  model = terrafm.build_dino(config.model)
-  scheds = schedules.make_schedules(config)
-  n_shards = mesh.shape["data"] * mesh.shape["fsdp"]
-  param_init = state_lib.make_param_init_fn(model, config, n_shards, DEFAULT_CONTRACT.num_channels)
-  rng = jax.random.PRNGKey(config.seed)
-  tx = optim.make_optimizer(config, sharding.unbox(jax.eval_shape(param_init, rng)), scheds)
-  init = state_lib.make_state_init_fn(param_init, tx, config.model.head.out_dim)
-  sh = state_lib.state_shardings(param_init, tx, rng, mesh, rules)
-  with jax.set_mesh(mesh):
-    st = state_lib.create_sharded_state(init, sh, rng, rules)
-  n_params = sum(x.size for x in jax.tree.leaves(st.student))
-  batches = [sharding.global_batch({k: b[k] for k in data_source.STEP_KEYS}, mesh)
-             for b in host_batches]
-  fn = jax.jit(step_lib.make_train_step(model, tx, scheds, config, DEFAULT_CONTRACT),
-               in_shardings=(sh, {k: v.sharding for k, v in batches[0].items()}),
-               donate_argnums=(0,))
-  views_fn = jax.jit(lambda b: views_lib.make_views(b, DEFAULT_CONTRACT, config.data,
-                                                    jnp.dtype(config.model.dtype)))
-  with jax.set_mesh(mesh), __import__("flax").linen.logical_axis_rules(rules):
-    t0 = time.perf_counter()
-    compiled = fn.lower(st, batches[0]).compile()
-    compile_s = time.perf_counter() - t0
-    views_c = views_fn.lower(batches[0]).compile()
-  box = {"st": st, "i": 0}
-
-  def one():
-    s, m = compiled(box["st"], batches[box["i"] % len(batches)])
-    box["st"], box["i"] = s, box["i"] + 1
-    jax.block_until_ready((s, m))
-    box["m"] = m
-
-  one()  # warm-up
-  step_ts = timed(one, n_steps)
-  loss = float(box["m"]["loss"])
-  finite = bool(box["m"]["finite"])
-  del box, st
-  vb = {"i": 0}
-
-  def views_once():
-    jax.block_until_ready(views_c(batches[vb["i"] % len(batches)]))
-    vb["i"] += 1
-
-  views_once()
-  view_ts = timed(views_once, n_steps)
-  del compiled, views_c, batches
-  gc.collect()
-  return dict(step=step_ts, crops=view_ts, compile_s=compile_s, loss=loss, finite=finite,
-              n_params=int(n_params))
+def xla_flops(compiled) -> float | None:
+  try:
+    ca = compiled.cost_analysis()
+    ca = ca[0] if isinstance(ca, (list, tuple)) else ca
+    return float(ca["flops"])
+  except Exception:  # pylint: disable=broad-except
+    return None
 
 
-def torch_train_step(config, host_batches, n_steps: int) -> dict:
+class JaxStep:
+  """The project's jitted, donated train step, built as bench/train_step.py builds it."""
+
+  def __init__(self, config, host_batches):
+    mesh = sharding.make_mesh(config.mesh)
+    rules = sharding.logical_rules(config)
+    model = terrafm.build_dino(config.model)
+    scheds = schedules.make_schedules(config)
+    n_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    param_init = state_lib.make_param_init_fn(model, config, n_shards,
+                                              DEFAULT_CONTRACT.num_channels)
+    rng = jax.random.PRNGKey(config.seed)
+    tx = optim.make_optimizer(config, sharding.unbox(jax.eval_shape(param_init, rng)), scheds)
+    init = state_lib.make_state_init_fn(param_init, tx, config.model.head.out_dim)
+    sh = state_lib.state_shardings(param_init, tx, rng, mesh, rules)
+    with jax.set_mesh(mesh):
+      self.state = state_lib.create_sharded_state(init, sh, rng, rules)
+    self.n_params = int(sum(x.size for x in jax.tree.leaves(self.state.student)))
+    self.batches = [sharding.global_batch({k: b[k] for k in data_source.STEP_KEYS}, mesh)
+                    for b in host_batches]
+    fn = jax.jit(step_lib.make_train_step(model, tx, scheds, config, DEFAULT_CONTRACT),
+                 in_shardings=(sh, {k: v.sharding for k, v in self.batches[0].items()}),
+                 donate_argnums=(0,))
+    views_fn = jax.jit(lambda b: views_lib.make_views(b, DEFAULT_CONTRACT, config.data,
+                                                      jnp.dtype(config.model.dtype)))
+    with jax.set_mesh(mesh), __import__("flax").linen.logical_axis_rules(rules):
+      t0 = time.perf_counter()
+      self.compiled = fn.lower(self.state, self.batches[0]).compile()
+      self.compile_s = time.perf_counter() - t0
+      self.views_c = views_fn.lower(self.batches[0]).compile()
+    self.flops = xla_flops(self.compiled)
+    self.i, self.metrics = 0, None
+
+  def step(self):
+    self.state, self.metrics = self.compiled(self.state, self.batches[self.i % len(self.batches)])
+    self.i += 1
+    jax.block_until_ready((self.state, self.metrics))
+
+  def views(self):
+    jax.block_until_ready(self.views_c(self.batches[self.i % len(self.batches)]))
+    self.i += 1
+
+
+def make_torch_step(config):
   from torch_dino_step import TorchDINOStep  # bench/ helper
   d, o, h = config.dino, config.optim, config.model.head
   mc = DEFAULT_CONTRACT[MODALITY]
-  runner = TorchDINOStep(
+  return TorchDINOStep(
       config.model.variant, out_dim=h.out_dim,
       head_kw=dict(hidden_dim=h.hidden_dim, bottleneck_dim=h.bottleneck_dim, nlayers=h.nlayers),
       modality=MODALITY, mean=mc.mean, std=mc.std, n_global=config.data.n_global,
@@ -170,22 +171,49 @@ def torch_train_step(config, host_batches, n_steps: int) -> dict:
       high_freq_classes=d.high_freq_classes, lr=schedules.scaled_peak_lr(config),
       weight_decay=o.weight_decay, clip_grad=o.clip_grad, momentum_teacher=d.momentum_teacher,
       freeze_last_layer=o.freeze_last_layer_epochs > 0, seed=config.seed)
-  box = {"i": 0, "crops": []}
 
-  def one():
-    loss, t_crop = runner.step(host_batches[box["i"] % len(host_batches)])
-    box["i"] += 1
-    box["loss"] = loss
-    box["crops"].append(t_crop)
 
-  one()  # warm-up
-  box["crops"].clear()
-  step_ts = timed(one, n_steps)
-  out = dict(step=step_ts, crops=list(box["crops"]), loss=box["loss"],
-             n_params=runner.num_params())
-  del runner
+def train_steps(config, host_batches, n_steps: int, warmup: int) -> dict:
+  """JAX and PyTorch steps interleaved (J, T, J, T, ...) so that load from other processes on a
+  shared machine hits both sides alike."""
+  j = JaxStep(config, host_batches)
+  print(f"  JAX compile {j.compile_s:.1f} s; {j.n_params / 1e6:.2f} M student params; "
+        f"XLA flops/step {j.flops}", flush=True)
+  t = make_torch_step(config)
+  print(f"  PyTorch: {t.num_params() / 1e6:.2f} M student params", flush=True)
+  tb = {"i": 0, "crops": []}
+
+  def torch_one():
+    tb["loss"], crop_s = t.step(host_batches[tb["i"] % len(host_batches)])
+    tb["i"] += 1
+    tb["crops"].append(crop_s)
+
+  for _ in range(warmup):
+    j.step()
+    torch_one()
+  tb["crops"].clear()
+  res = {k: [] for k in ("jax", "jax_cpu", "torch", "torch_cpu")}
+  for i in range(n_steps):
+    w, c = timed(j.step, 1)
+    res["jax"] += w
+    res["jax_cpu"] += c
+    w, c = timed(torch_one, 1)
+    res["torch"] += w
+    res["torch_cpu"] += c
+    print(f"  step {i}: JAX {res['jax'][-1]:.2f} s, PyTorch {res['torch'][-1]:.2f} s", flush=True)
+  res["torch_crops"] = list(tb["crops"])
+  res["jax_loss"], res["jax_finite"] = float(j.metrics["loss"]), bool(j.metrics["finite"])
+  res["torch_loss"] = tb["loss"]
+  res["jax_compile_s"], res["jax_xla_flops"] = j.compile_s, j.flops
+  res["jax_student_params"], res["torch_student_params"] = j.n_params, t.num_params()
+  del t
   gc.collect()
-  return out
+  for _ in range(warmup):
+    j.views()
+  res["jax_crops"], _ = timed(j.views, n_steps)
+  del j
+  gc.collect()
+  return res
 
 
 def forward(variant: str, batch: int, n_steps: int, args) -> dict:
@@ -200,10 +228,6 @@ def forward(variant: str, batch: int, n_steps: int, args) -> dict:
   fwd_c = fwd.lower(params, xj).compile()
   compile_s = time.perf_counter() - t0
   run_j = lambda: jax.block_until_ready(fwd_c(params, xj))  # noqa: E731
-  run_j()
-  jax_ts = timed(run_j, n_steps)
-  del params, fwd_c
-  gc.collect()
   torch.manual_seed(0)
   model = TerraFMTorch(variant).eval()
   xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
@@ -212,11 +236,21 @@ def forward(variant: str, batch: int, n_steps: int, args) -> dict:
     with torch.no_grad():
       model(xt, MODALITY)["cls"]
 
-  run_t()
-  torch_ts = timed(run_t, n_steps)
-  del model
+  for _ in range(args.warmup):
+    run_j()
+    run_t()
+  res = {k: [] for k in ("jax", "jax_cpu", "torch", "torch_cpu")}
+  for _ in range(n_steps):  # interleaved, as the train steps
+    w, c = timed(run_j, 1)
+    res["jax"] += w
+    res["jax_cpu"] += c
+    w, c = timed(run_t, 1)
+    res["torch"] += w
+    res["torch_cpu"] += c
+  res["jax_compile_s"], res["jax_xla_flops"] = compile_s, xla_flops(fwd_c)
+  del params, fwd_c, model
   gc.collect()
-  return dict(jax=jax_ts, torch=torch_ts, compile_s=compile_s)
+  return res
 
 
 def machine_info() -> dict:
@@ -254,24 +288,40 @@ def print_table(rows, info, args):
         f"({info['torch_threads']} threads)")
   print(f"batch {args.batch}, crops 2x224 + 6x96 from {args.tile_size}-px tiles, fp32, "
         f"K={rows[0].get('K', 65536) if rows else 65536}, stem {MODALITY}, median of "
-        f"{args.steps} timed calls after 1 warm-up")
-  hdr = f"{'variant':8s} {'what':32s} {'JAX s':>9s} {'PyTorch s':>10s} {'ratio':>7s}"
+        f"{args.steps} timed calls after {args.warmup} warm-up (JAX/PyTorch interleaved)")
+  hdr = (f"{'variant':8s} {'what':28s} {'JAX s':>9s} {'PyTorch s':>10s} {'ratio':>7s}"
+         f" {'JAX cpu-s':>10s} {'PyT cpu-s':>10s}")
   print(hdr)
   print("-" * len(hdr))
   for r in rows:
     ratio = f"{r['ratio']:.2f}x" if r["ratio"] is not None else "-"
-    print(f"{r['variant']:8s} {r['what']:32s} {r['jax_s']:9.3f} {r['torch_s']:10.3f} {ratio:>7s}")
-  print("ratio = PyTorch s / JAX s (JAX speed / PyTorch speed; > 1 = JAX faster).")
+    cpu = lambda k: f"{statistics.median(r[k]):10.2f}" if r.get(k) else f"{'-':>10s}"  # noqa: E731
+    print(f"{r['variant']:8s} {r['what']:28s} {r['jax_s']:9.3f} {r['torch_s']:10.3f} {ratio:>7s}"
+          f" {cpu('jax_cpu_s')} {cpu('torch_cpu_s')}")
+  print("ratio = PyTorch s / JAX s (JAX speed / PyTorch speed; > 1 = JAX faster), wall-clock "
+        "medians; cpu-s = process CPU seconds of the same calls (all threads).")
   print("train step: JAX = whole jitted step incl. on-device normalise + crops of 3 modalities, "
         "3 stems + fusion (static graph), metrics; PyTorch = same DINO step, 1 modality/stem, "
         "crops by F.interpolate. crops+normalise: that part alone (included in train step). "
         "Host->device transfer not timed.")
 
 
+def write_json(args, info, rows):
+  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+  with open(args.out, "w", encoding="utf-8") as fh:
+    json.dump(dict(machine=info, settings=dict(
+        variants=args.variants, steps=args.steps, warmup=args.warmup, batch=args.batch,
+        tile_size=args.tile_size, crops="2x224 + 6x96", dtype="float32", modality=MODALITY,
+        drop_path_rate=args.drop_path_rate, forward_variant=args.forward_variant),
+        timed=__doc__, rows=rows, time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())),
+        fh, indent=2)
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--variants", default="S/16,B/16")
   p.add_argument("--steps", type=int, default=3, help="timed calls (median reported)")
+  p.add_argument("--warmup", type=int, default=1, help="untimed calls per side before timing")
   p.add_argument("--batch", type=int, default=8, help="global batch (images)")
   p.add_argument("--tile_size", type=int, default=256, help="random tile size (px)")
   p.add_argument("--drop_path_rate", type=float, default=0.0,
@@ -291,33 +341,26 @@ def main():
     data = data_source.make_train_data(config, "/tmp/terrafm_bench")
     config = trainer.resolve_config(config, data.num_examples)
     host = [single_modality(next(data.iterator)) for _ in range(2)]
-    print(f"[{variant}] JAX train step ...", flush=True)
-    j = jax_train_step(config, host, args.steps)
-    print(f"[{variant}] JAX: compile {j['compile_s']:.1f} s, steps {j['step']}, loss {j['loss']:.4f}"
-          f" finite {j['finite']}, {j['n_params'] / 1e6:.2f} M student params", flush=True)
-    print(f"[{variant}] PyTorch train step ...", flush=True)
-    t = torch_train_step(config, host, args.steps)
-    print(f"[{variant}] PyTorch: steps {t['step']}, loss {t['loss']:.4f}, "
-          f"{t['n_params'] / 1e6:.2f} M student params", flush=True)
-    rows.append(row(variant, "train step", j["step"], t["step"], K=config.model.head.out_dim,
-                    jax_compile_s=j["compile_s"], jax_loss=j["loss"], torch_loss=t["loss"],
-                    jax_student_params=j["n_params"], torch_student_params=t["n_params"]))
-    rows.append(row(variant, "crops+normalise (in step)", j["crops"], t["crops"]))
+    print(f"[{variant}] train step (JAX and PyTorch interleaved) ...", flush=True)
+    r = train_steps(config, host, args.steps, args.warmup)
+    print(f"[{variant}] loss JAX {r['jax_loss']:.4f} (finite {r['jax_finite']}), "
+          f"PyTorch {r['torch_loss']:.4f}", flush=True)
+    extra = {k: r[k] for k in ("jax_loss", "torch_loss", "jax_compile_s", "jax_xla_flops",
+                               "jax_student_params", "torch_student_params")}
+    rows.append(row(variant, "train step", r["jax"], r["torch"], K=config.model.head.out_dim,
+                    model_flops=metrics.step_flops(config), jax_cpu_s=r["jax_cpu"],
+                    torch_cpu_s=r["torch_cpu"], **extra))
+    rows.append(row(variant, "crops+normalise (in step)", r["jax_crops"], r["torch_crops"]))
+    write_json(args, info, rows)
   if not args.skip_forward:
     v = args.forward_variant
     print(f"[{v}] encoder forward ...", flush=True)
     f = forward(v, args.batch, args.steps, args)
     rows.append(row(v, f"encoder forward ({args.batch}x224)", f["jax"], f["torch"],
-                    jax_compile_s=f["compile_s"]))
+                    jax_cpu_s=f["jax_cpu"], torch_cpu_s=f["torch_cpu"],
+                    jax_compile_s=f["jax_compile_s"], jax_xla_flops=f["jax_xla_flops"]))
   print_table(rows, info, args)
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  with open(args.out, "w", encoding="utf-8") as fh:
-    json.dump(dict(machine=info, settings=dict(
-        variants=args.variants, steps=args.steps, batch=args.batch, tile_size=args.tile_size,
-        crops="2x224 + 6x96", dtype="float32", modality=MODALITY,
-        drop_path_rate=args.drop_path_rate, forward_variant=args.forward_variant),
-        timed=__doc__, rows=rows, time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())),
-        fh, indent=2)
+  write_json(args, info, rows)
   print(f"wrote {args.out}")
 
 

@@ -184,4 +184,4 @@ class TorchDINOStep:
       for ps, pt in zip(self.student.parameters(), self.teacher.parameters()):
         pt.mul_(m).add_((1 - m) * ps.detach())
     self.update_centers(t_out, labels, b)
-    return float(loss), t_crop
+    return loss.item(), t_crop
