@@ -30,7 +30,10 @@ Rows (median over --steps timed calls, after one warm-up call; JAX compiles befo
   JAX `jax.jit(build_encoder(...).apply)` on a single-modality input (the released path, no fusion),
   PyTorch `TerraFMTorch` under `torch.no_grad()`. Input transfer not timed.
 
-ratio = PyTorch seconds / JAX seconds (> 1: JAX is faster). Thread counts are left at their
+ratio = PyTorch seconds / JAX seconds (> 1: JAX is faster). The JSON also holds each call's process
+CPU seconds, XLA's cost-analysis FLOPs of the compiled JAX step, and the model FLOPs per step of
+both sides (`metrics.step_flops`: the JAX step's masked path with 3 stems + fusion; the same count
+for the released single-stem path = the PyTorch side); the table prints a per-FLOP ratio too. Thread counts are left at their
 defaults on both sides (XLA's CPU pool and torch.get_num_threads()).
 """
 from __future__ import annotations
@@ -92,6 +95,15 @@ def single_modality(batch: dict) -> dict:
     m[..., col] = True
     out[k] = m
   return out
+
+
+def released_step_flops(config) -> float:
+  """metrics.step_flops for the released single-stem path (one stem, no fusion): the PyTorch
+  side's model FLOPs. metrics.step_flops itself counts the JAX step's masked path."""
+  mc, dc = config.model, config.data
+  one = lambda s: metrics.encoder_forward_flops(mc, s, fused=False) + metrics.head_flops(mc)  # noqa: E731
+  student = dc.n_global * one(dc.global_size) + dc.n_local * one(dc.local_size)
+  return float(config.global_batch_size * (3 * student + dc.n_global * one(dc.global_size)))
 
 
 def timed(fn, n: int) -> tuple[list[float], list[float]]:
@@ -300,6 +312,11 @@ def print_table(rows, info, args):
           f" {cpu('jax_cpu_s')} {cpu('torch_cpu_s')}")
   print("ratio = PyTorch s / JAX s (JAX speed / PyTorch speed; > 1 = JAX faster), wall-clock "
         "medians; cpu-s = process CPU seconds of the same calls (all threads).")
+  for r in rows:
+    if r.get("jax_model_flops"):
+      print(f"{r['variant']} model FLOPs/step (metrics.step_flops): JAX {r['jax_model_flops'] / 1e9:.0f} G "
+            f"(3 stems + fusion on every view), PyTorch {r['torch_model_flops'] / 1e9:.0f} G "
+            f"(1 stem); per-FLOP ratio {r['ratio'] * r['jax_model_flops'] / r['torch_model_flops']:.2f}x")
   print("train step: JAX = whole jitted step incl. on-device normalise + crops of 3 modalities, "
         "3 stems + fusion (static graph), metrics; PyTorch = same DINO step, 1 modality/stem, "
         "crops by F.interpolate. crops+normalise: that part alone (included in train step). "
@@ -348,7 +365,8 @@ def main():
     extra = {k: r[k] for k in ("jax_loss", "torch_loss", "jax_compile_s", "jax_xla_flops",
                                "jax_student_params", "torch_student_params")}
     rows.append(row(variant, "train step", r["jax"], r["torch"], K=config.model.head.out_dim,
-                    model_flops=metrics.step_flops(config), jax_cpu_s=r["jax_cpu"],
+                    jax_model_flops=metrics.step_flops(config),
+                    torch_model_flops=released_step_flops(config), jax_cpu_s=r["jax_cpu"],
                     torch_cpu_s=r["torch_cpu"], **extra))
     rows.append(row(variant, "crops+normalise (in step)", r["jax_crops"], r["torch_crops"]))
     write_json(args, info, rows)
