@@ -4,12 +4,52 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from terrafm_jax.models import axes
 from terrafm_jax.models.layers import dense, gelu
 
 Dtype = Any
+
+
+def _sum_sq_loop(v: jnp.ndarray) -> jnp.ndarray:
+  # Row-by-row accumulation: vectorised over the columns. XLA:CPU emits a reduction over the
+  # leading axis of a row-major (D, K) array as a slow strided loop (~0.3 s for 256 x 65536 on
+  # 2 cores, vs ~5 ms here). asarray: v may be a host numpy array (an imported checkpoint).
+  v = jnp.asarray(v)
+  return jax.lax.fori_loop(0, v.shape[0], lambda i, acc: acc + v[i] * v[i],
+                           jnp.zeros(v.shape[1:], v.dtype), unroll=4)
+
+
+def _sum_sq_reduce(v: jnp.ndarray) -> jnp.ndarray:
+  return jnp.sum(v * v, axis=0)
+
+
+@jax.custom_jvp
+def column_sq_norms(v: jnp.ndarray) -> jnp.ndarray:
+  """sum_d v[d, k]^2 for a (D, K) matrix: the squared L2 norm of each column (prototype)."""
+  return jax.lax.platform_dependent(v, cpu=_sum_sq_loop, default=_sum_sq_reduce)
+
+
+@column_sq_norms.defjvp
+def _column_sq_norms_jvp(primals, tangents):
+  (v,), (dv,) = primals, tangents
+  # Linear in dv; its transpose (the VJP) is the elementwise 2 v g, no loop in the backward pass.
+  return column_sq_norms(v), 2.0 * jnp.sum(v * dv, axis=0)
+
+
+def weight_norm_logits(x: jnp.ndarray, v: jnp.ndarray) -> jnp.ndarray:
+  """x @ (v / ||v||_col) for x (..., D) and prototype directions v (D, K), in float32.
+
+  Computed as (x @ v) / ||v||_col, the same function (values and gradients): the per-prototype
+  norms are computed once on (K,) and applied to the (..., K) output. Normalising the weight first
+  lets XLA:CPU fuse the normalisation into the dot and recompute it inside (~7.7 s instead of
+  15 ms for B=16, D=256, K=65536; issue #9).
+  """
+  x = x.astype(jnp.float32)
+  v = v.astype(jnp.float32)
+  return jnp.dot(x, v, precision="highest") / jnp.sqrt(column_sq_norms(v))
 
 
 class DINOHead(nn.Module):
@@ -44,5 +84,4 @@ class DINOHead(nn.Module):
     v = self.param("last_layer", nn.with_logical_partitioning(
         nn.initializers.normal(0.02), (axes.BOTTLENECK, axes.PROTOTYPES)),
         (self.bottleneck_dim, self.out_dim), self.param_dtype)
-    w = v / jnp.linalg.norm(v, axis=0, keepdims=True)
-    return jnp.dot(x, w.astype(jnp.float32), precision="highest")
+    return weight_norm_logits(x, v)

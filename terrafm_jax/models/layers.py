@@ -1,4 +1,5 @@
-"""Small building blocks shared by the encoder and the heads: initialisers, Dense, LayerNorm, GELU."""
+"""Small building blocks shared by the encoder and the heads: initialisers, Dense, LayerNorm, GELU,
+the patchify stem (a stride-p p x p convolution computed as a matmul)."""
 from __future__ import annotations
 
 from typing import Any, Callable, Sequence
@@ -42,6 +43,58 @@ def layer_norm(axis_name: str, *, epsilon: float, dtype: Dtype = jnp.float32,
       scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), (axis_name,)),
       bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axis_name,)),
       name=name)
+
+
+def patch_conv(x: jnp.ndarray, kernel: jnp.ndarray, bias: jnp.ndarray | None = None, *,
+               precision=None) -> jnp.ndarray:
+  """A p x p convolution with stride p and VALID padding, computed as patchify + matmul.
+
+  x: (B, H, W, C) NHWC; kernel: (p, p, C, A) HWIO (nn.Conv's layout); bias: (A,) or None.
+  Returns (B, H // p, W // p, A), the same maths as `lax.conv_general_dilated(x, kernel, (p, p),
+  "VALID", ("NHWC", "HWIO", "NHWC"))` (+ bias). Trailing rows/columns beyond a multiple of p are
+  dropped, as VALID does. The patches are flattened in the kernel's (kh, kw, c) order, so the
+  kernel is used as `kernel.reshape(p * p * C, A)` without a transpose. On XLA:CPU this is several
+  times faster than the convolution, mostly in the backward pass (issue #9).
+  """
+  ph, pw, c, a = kernel.shape
+  if ph != pw:
+    raise ValueError(f"patch_conv: kernel must be square (p, p, C, A), got {kernel.shape}")
+  b, h, w, cx = x.shape
+  if cx != c:
+    raise ValueError(f"patch_conv: input has {cx} channels, kernel expects {c}")
+  p = ph
+  gh, gw = h // p, w // p
+  if gh == 0 or gw == 0:
+    raise ValueError(f"patch_conv: input {h}x{w} is smaller than the patch size {p}")
+  x = x[:, :gh * p, :gw * p]
+  # (B, gh, p, gw, p, C) -> (B, gh, gw, p, p, C): each patch in (kh, kw, c) order.
+  t = x.reshape(b, gh, p, gw, p, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, gh, gw, p * p * c)
+  y = jnp.dot(t, kernel.reshape(p * p * c, a), precision=precision)
+  if bias is not None:
+    y = y + bias
+  return y
+
+
+class PatchConv(nn.Module):
+  """Drop-in for `nn.Conv(features, (p, p), strides=(p, p), padding="VALID")` on NHWC inputs:
+  same parameters (`kernel` (p, p, C, A) created first, then `bias` (A,); identical init draws),
+  dtype promotion and precision, computed with `patch_conv`."""
+  features: int
+  patch_size: int
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+  precision: Any = None
+  kernel_init: Callable = nn.initializers.lecun_normal()
+  bias_init: Callable = nn.initializers.zeros_init()
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    p = self.patch_size
+    kernel = self.param("kernel", self.kernel_init, (p, p, x.shape[-1], self.features),
+                        self.param_dtype)
+    bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    return patch_conv(x, kernel, bias, precision=self.precision)
 
 
 def gelu(x: jnp.ndarray) -> jnp.ndarray:

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 from terrafm_jax.data.contract import MODALITIES
 from terrafm_jax.models import axes
-from terrafm_jax.models.layers import dense, layer_norm, torch_default_conv_init
+from terrafm_jax.models.layers import PatchConv, dense, layer_norm, torch_default_conv_init
 
 Dtype = Any
 
@@ -117,9 +117,9 @@ class PatchEmbed(nn.Module):
     for mod in MODALITIES:
       kernel_init, bias_init = torch_default_conv_init(STEM_CHANNELS[mod] * p * p)
       # setattr gives the submodules the released names (conv2d_s1, ..., s1_embed, ...).
-      setattr(self, STEM_NAMES[mod], nn.Conv(
-          a, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
-          param_dtype=self.param_dtype,
+      # A stride-p p x p conv, computed as patchify + matmul (same params as nn.Conv; issue #9).
+      setattr(self, STEM_NAMES[mod], PatchConv(
+          a, p, dtype=self.dtype, param_dtype=self.param_dtype,
           kernel_init=nn.with_logical_partitioning(
               kernel_init, (None, None, axes.PATCH_IN, axes.ATTN_DIM)),
           bias_init=nn.with_logical_partitioning(bias_init, (axes.ATTN_DIM,))))
