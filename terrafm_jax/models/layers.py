@@ -97,6 +97,39 @@ class PatchConv(nn.Module):
     return patch_conv(x, kernel, bias, precision=self.precision)
 
 
+@jax.custom_vjp
+def grad_barrier(x: jnp.ndarray) -> jnp.ndarray:
+  """Identity whose cotangent is materialised (an optimization barrier in the backward pass).
+
+  Why: in the backward pass of a stack of pre-norm residual blocks, XLA:CPU fuses the elementwise
+  residual/LayerNorm-backward chain into the transposing copy that feeds each weight-gradient dot,
+  and so recomputes the chain of every later block inside every copy (cost grows with depth;
+  issue #9). A barrier on the residual stream's cotangent at each block boundary stops the chain
+  there. The forward pass and the values are unchanged.
+  """
+  return x
+
+
+def _grad_barrier_fwd(x):
+  return x, None
+
+
+def _materialize(g):
+  # XLA:CPU drops `optimization_barrier` before fusion, but does not fuse across a conditional:
+  # its operand and result are buffers. The predicate is always true but data-dependent (so not
+  # constant-folded); the false branch is never taken.
+  g0 = g.reshape(-1)[0]
+  pred = jnp.isnan(g0) | ~jnp.isnan(g0)
+  return jax.lax.cond(pred, lambda t: t, jnp.zeros_like, g)
+
+
+def _grad_barrier_bwd(_, g):
+  return (_materialize(g),)
+
+
+grad_barrier.defvjp(_grad_barrier_fwd, _grad_barrier_bwd)
+
+
 def gelu(x: jnp.ndarray) -> jnp.ndarray:
   """Exact (erf) GELU, as torch.nn.GELU(); jax.nn.gelu defaults to the tanh approximation."""
   return jax.nn.gelu(x, approximate=False)

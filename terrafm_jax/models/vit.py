@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from terrafm_jax.models import axes
-from terrafm_jax.models.layers import dense, gelu, layer_norm
+from terrafm_jax.models.layers import dense, gelu, grad_barrier, layer_norm
 
 Dtype = Any
 VIT_LN_EPS = 1e-6
@@ -76,10 +76,13 @@ class Block(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   attention_impl: str | None = None
+  grad_barrier: bool = True  # materialise the residual cotangent at the block input (layers.grad_barrier)
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    if self.grad_barrier:
+      x = grad_barrier(x)
     y = layer_norm(axes.EMBED, epsilon=VIT_LN_EPS, name="norm1", **kw)(x)
     y = Attention(self.num_heads, attention_impl=self.attention_impl, name="attn", **kw)(y)
     x = x + DropPath(self.drop_path)(y, train)

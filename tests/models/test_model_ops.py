@@ -172,3 +172,47 @@ def test_patch_conv_module_is_drop_in_for_nn_conv(dtype):
   yc, yf = conv.apply(pc, x), fast.apply(pc, x)
   assert yc.dtype == yf.dtype and yc.shape == yf.shape
   _close(yf.astype(jnp.float32), yc.astype(jnp.float32), rtol=RTOL if dtype == jnp.float32 else 2e-2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Gradient barrier at each block input: same values and gradients, a real buffer in the backward
+
+
+def _stack(barrier: bool, depth: int = 3):
+  from terrafm_jax.models.vit import Block
+
+  class Stack(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      for i in range(depth):
+        x = Block(4, 64, grad_barrier=barrier, name=f"blocks_{i}")(x)
+      return x
+  return Stack()
+
+
+def test_grad_barrier_is_identity_with_same_gradients():
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 7, 32))
+  with_b, without = _stack(True), _stack(False)
+  params = without.init(jax.random.PRNGKey(1), x)
+  np.testing.assert_array_equal(with_b.apply(params, x), without.apply(params, x))
+  g = jax.random.normal(jax.random.PRNGKey(2), x.shape)
+  loss = lambda m: (lambda p, x: jnp.sum(jnp.tanh(m.apply(p, x)) * g))  # noqa: E731
+  gb = jax.jit(jax.grad(loss(with_b), (0, 1)))(params, x)
+  gn = jax.jit(jax.grad(loss(without), (0, 1)))(params, x)
+  for a, b in zip(jax.tree.leaves(gb), jax.tree.leaves(gn)):
+    _close(a, b, rtol=1e-6)
+
+
+def test_grad_barrier_survives_compilation():
+  """optimization_barrier is dropped by XLA:CPU before fusion; the barrier must be a conditional
+  in the compiled backward pass (one per block), or the residual chain fuses again (issue #9)."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 7, 32))
+  m = _stack(True)
+  params = m.init(jax.random.PRNGKey(1), x)
+  txt = jax.jit(jax.grad(lambda p, x: jnp.sum(m.apply(p, x) ** 2), 1)).lower(
+      params, x).compile().as_text()
+  assert len(re.findall(r"\bconditional\(", txt)) >= 3, "no gradient barrier in the compiled HLO"
+  # The NaN case takes the identity branch too (the barrier never zeroes a gradient).
+  from terrafm_jax.models.layers import grad_barrier
+  nan_g = jax.vjp(grad_barrier, jnp.ones(3))[1](jnp.asarray([jnp.nan, 1.0, 2.0]))[0]
+  assert np.isnan(nan_g[0]) and np.array_equal(nan_g[1:], [1.0, 2.0])
