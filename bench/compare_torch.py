@@ -15,8 +15,9 @@ Rows (median over --steps timed calls, after one warm-up call; JAX compiles befo
   normalisation of the raw tiles and the bicubic antialiased crops (for all three modalities: the
   step's graph is static, views carry every modality), the teacher and student forwards, the
   dual-centered loss, backward, per-tensor clipping, AdamW, EMA teacher, center updates, the
-  non-finite guard and the step metrics. The static graph also runs all three stems and the
-  fusion block on every view and selects the S2 L1C path with `where`; that is the project's step.
+  non-finite guard and the step metrics. With modality groups (data.modality_groups, default)
+  and data.modalities=("s2_l1c",) every view is in the single-L1C group, so the step runs the L1C
+  stem only (no fusion), as the released path does; that is the project's step.
   The host -> device batch transfer is not timed (batches are device arrays made beforehand).
   PyTorch: bench/torch_dino_step.py, the same DINO step for the S2 L1C stem only, with
   `TerraFMTorch` student/teacher: normalisation of the raw S2 L1C tiles + one
@@ -32,7 +33,7 @@ Rows (median over --steps timed calls, after one warm-up call; JAX compiles befo
 
 ratio = PyTorch seconds / JAX seconds (> 1: JAX is faster). The JSON also holds each call's process
 CPU seconds, XLA's cost-analysis FLOPs of the compiled JAX step, and the model FLOPs per step of
-both sides (`metrics.step_flops`: the JAX step's masked path with 3 stems + fusion; the same count
+both sides (`metrics.step_flops`: what the JAX step runs, per modality group; the same count
 for the released single-stem path = the PyTorch side); the table prints a per-FLOP ratio too. Thread counts are left at their
 defaults on both sides (XLA's CPU pool and torch.get_num_threads()).
 """
@@ -144,7 +145,7 @@ class JaxStep:
     with jax.set_mesh(mesh):
       self.state = state_lib.create_sharded_state(init, sh, rng, rules)
     self.n_params = int(sum(x.size for x in jax.tree.leaves(self.state.student)))
-    self.batches = [sharding.global_batch({k: b[k] for k in data_source.STEP_KEYS}, mesh)
+    self.batches = [sharding.global_batch({k: b[k] for k in data_source.step_keys(config)}, mesh)
                     for b in host_batches]
     fn = jax.jit(step_lib.make_train_step(model, tx, scheds, config, DEFAULT_CONTRACT),
                  in_shardings=(sh, {k: v.sharding for k, v in self.batches[0].items()}),
@@ -315,10 +316,10 @@ def print_table(rows, info, args):
   for r in rows:
     if r.get("jax_model_flops"):
       print(f"{r['variant']} model FLOPs/step (metrics.step_flops): JAX {r['jax_model_flops'] / 1e9:.0f} G "
-            f"(3 stems + fusion on every view), PyTorch {r['torch_model_flops'] / 1e9:.0f} G "
+            f"(what the step runs), PyTorch {r['torch_model_flops'] / 1e9:.0f} G "
             f"(1 stem); per-FLOP ratio {r['ratio'] * r['jax_model_flops'] / r['torch_model_flops']:.2f}x")
   print("train step: JAX = whole jitted step incl. on-device normalise + crops of 3 modalities, "
-        "3 stems + fusion (static graph), metrics; PyTorch = same DINO step, 1 modality/stem, "
+        "modality-grouped stems (static graph), metrics; PyTorch = same DINO step, 1 modality/stem, "
         "crops by F.interpolate. crops+normalise: that part alone (included in train step). "
         "Host->device transfer not timed.")
 

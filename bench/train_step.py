@@ -41,7 +41,7 @@ def main(_):
   sh = state_lib.state_shardings(param_init, tx, rng, mesh, rules)
   with jax.set_mesh(mesh):
     st = state_lib.create_sharded_state(init, sh, rng, rules)
-  batches = [sharding.global_batch({k: b[k] for k in data_source.STEP_KEYS}, mesh)
+  batches = [sharding.global_batch({k: b[k] for k in data_source.step_keys(config)}, mesh)
              for b in (next(it), next(it))]
   fn = jax.jit(step_lib.make_train_step(model, tx, scheds, config, DEFAULT_CONTRACT),
                in_shardings=(sh, {k: v.sharding for k, v in batches[0].items()}),

@@ -39,6 +39,7 @@ from etils import epath
 
 from terrafm_jax.data import contract as contract_lib
 from terrafm_jax.data import crops as crops_lib
+from terrafm_jax.data import modality_groups
 from terrafm_jax.data import resumable
 from terrafm_jax.data import sampling as sampling_lib
 
@@ -183,11 +184,25 @@ class _Plan:
     self._cfg, self._t, self._seed, self._g = cfg, tile_size, seed, global_batch
 
   def __call__(self, ex: dict[str, Any]) -> dict[str, Any]:
-    k = int(ex.pop("_k"))
+    k = int(ex["_k"])
     rng = np.random.default_rng([self._seed, 1, k])
     batch_rng = np.random.default_rng([self._seed, 2, k // self._g])
     ex.update(crops_lib.plan_crops(rng, ex["available"], self._t, self._cfg, batch_rng))
     return ex
+
+
+class _Groups:
+  """Batch-level: fixed modality-group sizes per block of `block` samples (modality_groups.py);
+  block 0 leaves the per-sample draws as they are. Drops the position key either way."""
+
+  def __init__(self, cfg: crops_lib.CropConfig, block: int, seed: int):
+    self._cfg, self._block, self._seed = cfg, block, seed
+
+  def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+    k = batch.pop("_k")
+    if not self._block:
+      return batch
+    return modality_groups.balance_batch(batch, self._cfg, self._block, self._seed, int(k[0]))
 
 
 def ensure_absl_flags_parsed() -> None:
@@ -212,7 +227,8 @@ def make_train_dataset(data_dir: str, *, global_batch_size: int, seed: int,
                        process_index: int | None = None, process_count: int | None = None,
                        worker_count: int = 0, worker_buffer_size: int = 2,
                        contract: contract_lib.InputContract | None = None,
-                       start_batch: int = 0, prepared: PreparedData | None = None):
+                       start_batch: int = 0, prepared: PreparedData | None = None,
+                       group_block: int = 0):
   """The Grain IterDataset behind `make_train_iterator` (from global batch `start_batch` on),
   and its PreparedData."""
   import grain  # pylint: disable=g-import-not-at-top
@@ -229,11 +245,15 @@ def make_train_dataset(data_dir: str, *, global_batch_size: int, seed: int,
   if prepared.num_records == 0:
     raise ValueError(f"{prepared.dataset_dir} holds no tile")
   local = global_batch_size // process_count
+  if group_block < 0 or (group_block and local % group_block):
+    raise ValueError(f"group_block {group_block} must be >= 0 and divide the per-process batch "
+                     f"of {local} samples")
   sampler = make_sampler(prepared, sampling, seed)
   ds = (grain.MapDataset.source(_Positions(sampler, local, global_batch_size, process_index))
         .map(_ReadDecode(prepared))
         .map(_Plan(crops, prepared.tile_size, seed, global_batch_size))
-        .batch(local, drop_remainder=True))
+        .batch(local, drop_remainder=True)
+        .map(_Groups(crops, group_block, seed)))
   if start_batch:
     ds = ds[start_batch:]  # positional: batch n is the same whatever came before it
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=2 if worker_count else 4,
@@ -251,9 +271,11 @@ def make_train_iterator(data_dir: str, *, global_batch_size: int, seed: int,
                         process_index: int | None = None, process_count: int | None = None,
                         worker_count: int = 0, worker_buffer_size: int = 2,
                         contract: contract_lib.InputContract | None = None,
-                        ) -> resumable.GlobalPositionIterator:
+                        group_block: int = 0) -> resumable.GlobalPositionIterator:
   """A checkpointable iterator (get_state / set_state) over per-process batches. Its state is
-  the global batch position, so it restores onto any process or worker count."""
+  the global batch position, so it restores onto any process or worker count. `group_block` > 0:
+  fixed modality-group sizes per block of that many samples (data/modality_groups.py), adding
+  "student_groups" / "teacher_groups"."""
   prepared = load_prepared(data_dir, contract)
 
   def make(start_batch: int):
@@ -261,13 +283,13 @@ def make_train_iterator(data_dir: str, *, global_batch_size: int, seed: int,
         data_dir, global_batch_size=global_batch_size, seed=seed, crops=crops,
         sampling=sampling, process_index=process_index, process_count=process_count,
         worker_count=worker_count, worker_buffer_size=worker_buffer_size, contract=contract,
-        start_batch=start_batch, prepared=prepared)
+        start_batch=start_batch, prepared=prepared, group_block=group_block)
     return iter(ds)
 
   make_train_dataset(  # validate the arguments now, not at the first next()
       data_dir, global_batch_size=global_batch_size, seed=seed, crops=crops, sampling=sampling,
       process_index=process_index, process_count=process_count, worker_count=0,
-      contract=contract, prepared=prepared)
+      contract=contract, prepared=prepared, group_block=group_block)
   fingerprint = {"seed": int(seed), "global_batch_size": int(global_batch_size),
                  "num_records": prepared.num_records}
   return resumable.GlobalPositionIterator(make, fingerprint)

@@ -137,7 +137,57 @@ class PatchEmbed(nn.Module):
     return y.reshape(b, h * w, a) + embed.astype(self.dtype)
 
   def __call__(self, images: Mapping[str, jnp.ndarray],
-               modality_mask: jnp.ndarray | None) -> jnp.ndarray:
+               modality_mask: jnp.ndarray | None, groups: jnp.ndarray | None = None,
+               group_sizes: tuple[int, ...] | None = None) -> jnp.ndarray:
+    if group_sizes is not None and not self.is_initializing():
+      return self._grouped(images, modality_mask, groups, group_sizes)
+    return self._masked(images, modality_mask)
+
+  def _grouped(self, images, modality_mask, groups, group_sizes) -> jnp.ndarray:
+    """Each stem only on the views of its group (data/modality_groups.py).
+
+    groups: (B,) int group per view (0..2 single modality, 3 fused); group_sizes: the static number
+    of views of each group per block; blocks are consecutive runs of sum(group_sizes) views (one
+    batch shard's views), so every gather stays inside a block (on its device).
+    """
+    if groups is None or modality_mask is None:
+      raise ValueError("grouped patch embedding needs both `groups` and `modality_mask`")
+    if any(m not in images for m in MODALITIES):
+      raise ValueError(f"grouped patch embedding needs images of every modality {MODALITIES}")
+    per_block = sum(group_sizes)
+    b = groups.shape[0]
+    if len(group_sizes) != len(MODALITIES) + 1 or per_block == 0 or b % per_block:
+      raise ValueError(f"group_sizes {tuple(group_sizes)} (s1, s2_l1c, s2_l2a, fused per block) do "
+                       f"not tile the {b} views")
+    nb = b // per_block
+    blocked = lambda x: x.reshape((nb, per_block) + x.shape[1:])  # noqa: E731
+    gid = blocked(groups.astype(jnp.int32))
+
+    def take(x, idx):  # x (nb, per_block, ...), idx (nb, c) -> (nb * c, ...)
+      out = jax.vmap(lambda xb, ib: xb[ib])(x, idx)
+      return out.reshape((-1,) + out.shape[2:])
+
+    outs, perm = [], []
+    for g, size in enumerate(group_sizes):
+      if size == 0:
+        continue
+      # Static size: the host guarantees exactly `size` views of group g per block.
+      idx = jax.vmap(lambda r: jnp.nonzero(r == g, size=size, fill_value=0)[0])(gid)
+      perm.append(idx)
+      if g < len(MODALITIES):
+        mod = MODALITIES[g]
+        y = self.projection(self.stem_tokens(mod, take(blocked(images[mod]), idx)))
+      else:
+        y = self._masked({m: take(blocked(images[m]), idx) for m in MODALITIES},
+                         take(blocked(modality_mask), idx))
+      outs.append(y.reshape((nb, size) + y.shape[1:]))
+    cat = jnp.concatenate(outs, axis=1)                       # (nb, per_block, N, d), group order
+    inv = jnp.argsort(jnp.concatenate(perm, axis=1), axis=1)  # back to the views' order
+    out = jax.vmap(lambda xb, ib: xb[ib])(cat, inv)
+    return out.reshape((b,) + out.shape[2:])
+
+  def _masked(self, images: Mapping[str, jnp.ndarray],
+              modality_mask: jnp.ndarray | None) -> jnp.ndarray:
     mods = [m for m in MODALITIES if m in images]
     if self.is_initializing():
       # Create every stem and the fusion parameters whatever the init input, so that the parameter

@@ -84,7 +84,11 @@ class TerraFMEncoder(nn.Module):
 
   @nn.compact
   def __call__(self, images: Mapping[str, jnp.ndarray], modality_mask: jnp.ndarray | None = None,
-               *, train: bool = False, out_indices: Sequence[int] = ()) -> dict[str, Any]:
+               *, train: bool = False, out_indices: Sequence[int] = (),
+               groups: jnp.ndarray | None = None,
+               group_sizes: tuple[int, ...] | None = None) -> dict[str, Any]:
+    """`groups` (B,) / `group_sizes` (static, per block): modality-grouped patch embedding, each
+    stem only on its group's views (data/modality_groups.py; same values as the masked path)."""
     dims = self.dims
     d, depth, p = dims["width"], dims["depth"], dims["patch_size"]
     b, h, w = self._check_inputs(images, modality_mask)
@@ -98,7 +102,8 @@ class TerraFMEncoder(nn.Module):
     param_dtype = canonical_dtype(self.param_dtype)
 
     x = PatchEmbed(p, d, self.fusion_queries, self.fusion_heads, dtype=dtype,
-                   param_dtype=param_dtype, name="patch_embed")(images, modality_mask)
+                   param_dtype=param_dtype, name="patch_embed")(images, modality_mask, groups,
+                                                                group_sizes)
     grid = self.img_size // p
     cls_token = self.param("cls_token", nn.with_logical_partitioning(
         trunc_normal_02, (None, None, axes.EMBED)), (1, 1, d), param_dtype)
@@ -128,8 +133,10 @@ class TerraFMDINO(nn.Module):
   encoder: TerraFMEncoder
   head: DINOHead
 
-  def __call__(self, images, modality_mask=None, *, train: bool = False) -> dict[str, jnp.ndarray]:
-    out = self.encoder(images, modality_mask, train=train)
+  def __call__(self, images, modality_mask=None, *, train: bool = False, groups=None,
+               group_sizes=None) -> dict[str, jnp.ndarray]:
+    out = self.encoder(images, modality_mask, train=train, groups=groups,
+                       group_sizes=group_sizes)
     return {"logits": self.head(out["cls"]), "cls": out["cls"]}
 
 

@@ -31,6 +31,48 @@ from terrafm_jax.train import workdir as workdir_lib
 
 # Keys the train step consumes (tile_index stays on the host).
 STEP_KEYS = MODALITIES + ("boxes", "flip", "student_masks", "teacher_masks", "label")
+GROUP_KEYS = ("student_groups", "teacher_groups")
+
+
+def crop_config(config: ml_collections.ConfigDict):
+  """config.data -> crops.CropConfig (the host's crop plan and modality draws)."""
+  from terrafm_jax.data import crops as crops_lib  # pylint: disable=g-import-not-at-top
+  d = config.data
+  return crops_lib.CropConfig(
+      n_global=d.n_global, global_size=d.global_size, global_scale=tuple(d.global_scale),
+      n_local=d.n_local, local_size=d.local_size, local_scale=tuple(d.local_scale),
+      ratio=tuple(d.ratio), flip_p=d.flip_p, modality_reading=d.modality_reading,
+      single_p=d.single_p, keep_p=d.keep_p, granularity=d.granularity,
+      modalities=tuple(d.modalities))
+
+
+def group_block(config: ml_collections.ConfigDict, device_count: int | None = None) -> int:
+  """Samples per modality-group block (data/modality_groups.py); 0 = grouping off.
+
+  config.data.group_block 0 = the samples of one batch shard (global batch / (data x fsdp)), so
+  the step's per-group gathers never cross devices."""
+  d = config.data
+  if not d.modality_groups:
+    return 0
+  if d.granularity != "sample":
+    from terrafm_jax.train.default_config import ConfigError  # pylint: disable=g-import-not-at-top
+    raise ConfigError("config.data.modality_groups=True needs config.data.granularity='sample' "
+                      f"(got {d.granularity!r}); set modality_groups=False for per-batch draws")
+  from terrafm_jax.train import sharding  # pylint: disable=g-import-not-at-top
+  shape = dict(zip(sharding.MESH_AXES,
+                   sharding.mesh_shape(config.mesh, device_count or jax.device_count())))
+  shards = shape["data"] * shape["fsdp"]
+  block = d.group_block or config.global_batch_size // shards
+  local = config.global_batch_size // jax.process_count()
+  if block <= 0 or local % block or (config.global_batch_size // shards) % block:
+    from terrafm_jax.train.default_config import ConfigError  # pylint: disable=g-import-not-at-top
+    raise ConfigError(f"config.data.group_block={d.group_block} (resolved {block}) must divide the "
+                      f"per-shard batch of {config.global_batch_size // shards} samples")
+  return block
+
+
+def step_keys(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  return STEP_KEYS + (GROUP_KEYS if config.data.modality_groups else ())
 
 
 class RandomBatches(Iterator[dict[str, np.ndarray]]):
@@ -41,6 +83,7 @@ class RandomBatches(Iterator[dict[str, np.ndarray]]):
     self.local_batch = config.global_batch_size // process_count
     self.process_index = process_index
     self.index = 0
+    self.block = group_block(config)
 
   # Bytes, like grain.DataLoaderIterator, so Grain's Orbax handler stores it unchanged.
   def get_state(self) -> bytes:
@@ -76,7 +119,7 @@ class RandomBatches(Iterator[dict[str, np.ndarray]]):
     s1 = rng.normal(-12.0, 4.0, (b, t, t, 2)).astype(np.float16)
     if self.index == self.c.debug.nan_at_step:  # test hook: poison the inputs of that step
       s1[:] = np.nan
-    return {
+    out = {
         "s1": s1,
         "s2_l1c": rng.integers(1, 5000, (b, t, t, 12)).astype(np.uint16),
         "s2_l2a": rng.integers(1, 5000, (b, t, t, 12)).astype(np.uint16),
@@ -86,6 +129,11 @@ class RandomBatches(Iterator[dict[str, np.ndarray]]):
         "label": labels,
         "tile_index": (np.arange(b) + self.index * b).astype(np.int64),
     }
+    if self.block:
+      from terrafm_jax.data import modality_groups  # pylint: disable=g-import-not-at-top
+      first = (self.index - 1) * self.c.global_batch_size + self.process_index * b
+      out = modality_groups.balance_batch(out, crop_config(self.c), self.block, self.c.seed, first)
+    return out
 
 
 def _random_labels(seed: int, process_index: int, index: int, n: int) -> np.ndarray:
@@ -179,24 +227,19 @@ def make_train_data(config: ml_collections.ConfigDict, workdir: str) -> TrainDat
   if config.data.source != "pipeline":
     raise ValueError(f"config.data.source must be 'pipeline' or 'random', got "
                      f"{config.data.source!r}")
-  from terrafm_jax.data import crops as crops_lib  # pylint: disable=g-import-not-at-top
   from terrafm_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   from terrafm_jax.data import sampling as sampling_lib  # pylint: disable=g-import-not-at-top
   d = config.data
   data_dir = d.data_dir or _ensure_builtin(config, workdir)
   prepared = pipeline.load_prepared(data_dir)
   contract = resolve_contract(config, prepared.contract)
-  crops = crops_lib.CropConfig(
-      n_global=d.n_global, global_size=d.global_size, global_scale=tuple(d.global_scale),
-      n_local=d.n_local, local_size=d.local_size, local_scale=tuple(d.local_scale),
-      ratio=tuple(d.ratio), flip_p=d.flip_p, modality_reading=d.modality_reading,
-      single_p=d.single_p, keep_p=d.keep_p, granularity=d.granularity,
-      modalities=tuple(d.modalities))
+  crops = crop_config(config)
   sampling = sampling_lib.SamplingConfig(**{
       k: tuple(v) if isinstance(v, list) else v for k, v in d.sampling.to_dict().items()})
   it = pipeline.make_train_iterator(
       data_dir, global_batch_size=g, seed=config.seed, crops=crops, sampling=sampling,
-      process_index=pi, process_count=pc, worker_count=d.worker_count, contract=contract)
+      process_index=pi, process_count=pc, worker_count=d.worker_count, contract=contract,
+      group_block=group_block(config))
   sampler = pipeline.make_sampler(prepared, sampling, config.seed)
   labels = prepared.index["label"].to_numpy(np.int64)
   n = d.num_examples if d.num_examples > 0 else prepared.num_records

@@ -4,9 +4,11 @@ Writers: clu.metric_writers (TensorBoard event files + log lines), with the tens
 writer of tb_writer.py when TensorFlow is absent. Only process 0 writes.
 
 FLOP accounting (model FLOPs, for MFU; counts a multiply-add as 2 FLOPs, ignores norms, softmax,
-GELU, crops and the optimizer). It counts what the compiled step runs, not the minimal model: the
-training step feeds every view through the masked path of the patch embedding (all M = 3 stems,
-the case-1 projection and the fusion, then a per-sample select), so per image, encoder forward
+GELU, crops and the optimizer). It counts what the compiled step runs, not the minimal model. With
+modality groups (config.data.modality_groups, the default) a view of a single-modality group runs
+one stem + proj1-3, a view of the fused group the masked path; the step's counts per group are the
+static quotas of data/modality_groups.py. Without groups every view runs the masked path (all
+M = 3 stems, the case-1 projection and the fusion, then a per-sample select). Per image, encoder forward
 with N patch tokens (+1 CLS), width d, depth L, MLP m, A = 3d, N_q fusion queries:
     stems         2 * N * (p^2 * C_m) * A        for each of the M stems
     case 1        2 * N * A^2                    proj1 of the selected modality's tokens
@@ -55,14 +57,15 @@ def create_writer(workdir: str) -> metric_writers.MetricWriter:
 
 
 def encoder_forward_flops(model_cfg: ml_collections.ConfigDict, img_size: int,
-                          fused: bool = True) -> float:
-  """Forward FLOPs of one image (module docstring); `fused` = the masked training path."""
+                          fused: bool = True, channels: int = 12) -> float:
+  """Forward FLOPs of one image (module docstring); `fused` = all three stems + the fusion (the
+  masked path, and the fused modality group), else one stem of `channels` input channels."""
   dims = variants.decode_variant(model_cfg.variant)
   d, depth, m, p = dims["width"], dims["depth"], dims["mlp_dim"], dims["patch_size"]
   a = 3 * d
   n = (img_size // p) ** 2
   nq = model_cfg.fusion_queries
-  channels = (2, 12, 12) if fused else (12,)
+  channels = (2, 12, 12) if fused else (channels,)
   stems = sum(2 * n * p * p * c * a for c in channels)
   mods = len(channels)
   proj = 2 * n * (a * a) + 2 * n * (a * a + a * d)
@@ -79,13 +82,32 @@ def head_flops(model_cfg: ml_collections.ConfigDict) -> float:
                 + h.hidden_dim * h.bottleneck_dim + h.bottleneck_dim * h.out_dim)
 
 
+def _family_flops(config, img_size: int, views: int, family: str) -> float:
+  """Forward FLOPs of one sample's `views` views of a family, as the step runs them: with
+  modality groups each group's own path (data/modality_groups.py quotas), else the masked path
+  (every stem and the fusion) for every view."""
+  from terrafm_jax.data import modality_groups  # pylint: disable=g-import-not-at-top
+  from terrafm_jax.train import data_source  # pylint: disable=g-import-not-at-top
+  mc = config.model
+  head = head_flops(mc)
+  block = data_source.group_block(config)
+  if not block:
+    return views * (encoder_forward_flops(mc, img_size) + head)
+  sizes = modality_groups.family_quotas(data_source.crop_config(config), block)[family]
+  channels = (2, 12, 12)
+  per = [encoder_forward_flops(mc, img_size, fused=False, channels=c) for c in channels]
+  per.append(encoder_forward_flops(mc, img_size, fused=True))
+  return sum(n * (f + head) for n, f in zip(sizes, per)) / block
+
+
 def step_flops(config: ml_collections.ConfigDict) -> float:
-  """Model FLOPs of one train step over the global batch (see the module docstring)."""
-  mc, dc = config.model, config.data
-  glob = encoder_forward_flops(mc, dc.global_size) + head_flops(mc)
-  loc = encoder_forward_flops(mc, dc.local_size) + head_flops(mc)
-  student = dc.n_global * glob + dc.n_local * loc
-  return float(config.global_batch_size * (3 * student + dc.n_global * glob))
+  """Model FLOPs of one train step over the global batch (see the module docstring): what the
+  step runs, so the logged MFU counts no work that is skipped and skips none that runs."""
+  dc = config.data
+  teacher = _family_flops(config, dc.global_size, dc.n_global, "teacher")
+  student = (_family_flops(config, dc.global_size, dc.n_global, "student_global")
+             + _family_flops(config, dc.local_size, dc.n_local, "student_local"))
+  return float(config.global_batch_size * (3 * student + teacher))
 
 
 def peak_flops_per_device(config: ml_collections.ConfigDict) -> float | None:

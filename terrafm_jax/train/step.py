@@ -15,7 +15,9 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from terrafm_jax.data import modality_groups
 from terrafm_jax.data.contract import InputContract
+from terrafm_jax.train import data_source
 from terrafm_jax.train import loss as loss_lib
 from terrafm_jax.train import schedules as schedules_lib
 from terrafm_jax.train import views as views_lib
@@ -33,6 +35,13 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
   d = config.dino
   compute_dtype = jnp.dtype(config.model.dtype)
   use_drop_path = config.model.drop_path_rate > 0
+  # Static per-block group sizes of each view family (data/modality_groups.py), or None.
+  block = data_source.group_block(config)
+  quotas = (modality_groups.family_quotas(data_source.crop_config(config), block) if block
+            else {"teacher": None, "student_global": None, "student_local": None})
+
+  def grouped(groups, family):
+    return {} if quotas[family] is None else {"groups": groups, "group_sizes": quotas[family]}
 
   def train_step(state: TrainState, batch: Mapping[str, jax.Array]):
     step = state.step
@@ -42,19 +51,23 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     b = batch["label"].shape[0]
 
     teacher_logits = model.apply({"params": state.teacher}, views.global_images,
-                                 views.teacher_mask, train=False)["logits"]
+                                 views.teacher_mask, train=False,
+                                 **grouped(views.teacher_groups, "teacher"))["logits"]
     teacher_logits = views_lib.per_view(jax.lax.stop_gradient(teacher_logits), b)
     teacher_temp = scheds.teacher_temp(step)
 
-    def student_logits(params, images, mask, rng):
+    def student_logits(params, images, mask, rng, groups):
       rngs = {"drop_path": rng} if use_drop_path else {}
-      out = model.apply({"params": params}, images, mask, train=True, rngs=rngs)["logits"]
+      out = model.apply({"params": params}, images, mask, train=True, rngs=rngs,
+                        **groups)["logits"]
       return views_lib.per_view(out, b)
 
     def loss_fn(params):
-      s = student_logits(params, views.global_images, views.student_global_mask, k_global)
+      s = student_logits(params, views.global_images, views.student_global_mask, k_global,
+                         grouped(views.student_global_groups, "student_global"))
       if views.local_images is not None:
-        s_local = student_logits(params, views.local_images, views.student_local_mask, k_local)
+        s_local = student_logits(params, views.local_images, views.student_local_mask, k_local,
+                                 grouped(views.student_local_groups, "student_local"))
         s = jnp.concatenate([s, s_local], axis=0)
       out = loss_lib.dino_loss(s, teacher_logits, state.centers, student_temp=d.student_temp,
                                teacher_temp=teacher_temp, alpha=d.alpha)

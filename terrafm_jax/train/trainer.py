@@ -173,7 +173,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   first_local = next(data_iter) if start_step < total_steps else None
   compiled, mem = None, {}
   if first_local is not None:
-    first = sharding_lib.global_batch({k: first_local[k] for k in data_source.STEP_KEYS}, mesh)
+    first = sharding_lib.global_batch({k: first_local[k] for k in data_source.step_keys(config)}, mesh)
     batch_sh = {k: v.sharding for k, v in first.items()}
     jitted = jax.jit(train_step, in_shardings=(shardings, batch_sh), out_shardings=(shardings, rep),
                      donate_argnums=(0,))
@@ -242,7 +242,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       exposure.update(data.global_labels(step, step + 1))
       if config.debug.record_tiles:  # test hook: a collective per step
         tiles_of_step[step + 1] = _global_tiles(local["tile_index"])
-      batch = sharding_lib.global_batch({k: local[k] for k in data_source.STEP_KEYS}, mesh)
+      batch = sharding_lib.global_batch({k: local[k] for k in data_source.step_keys(config)}, mesh)
       state, dev_metrics = compiled(state, batch)
       flush_pending()  # previous logged step: its values are ready or nearly so
       step += 1

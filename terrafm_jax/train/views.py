@@ -28,6 +28,10 @@ class Views(NamedTuple):
   student_global_mask: jax.Array           # (B * n_global, 3) bool
   student_local_mask: jax.Array | None     # (B * n_local, 3) bool
   teacher_mask: jax.Array                  # (B * n_global, 3) bool
+  # Modality groups (data/modality_groups.py), sample-major like the masks; None when off.
+  student_global_groups: jax.Array | None = None   # (B * n_global,) int8
+  student_local_groups: jax.Array | None = None    # (B * n_local,) int8
+  teacher_groups: jax.Array | None = None          # (B * n_global,) int8
 
 
 def sample_major(x: jax.Array) -> jax.Array:
@@ -53,10 +57,15 @@ def make_views(batch: Mapping[str, jax.Array], contract: InputContract,
 
   n_views = batch["boxes"].shape[1]
   smask = batch["student_masks"]
-  local, local_mask = None, None
+  sgrp, tgrp = batch.get("student_groups"), batch.get("teacher_groups")
+  local, local_mask, local_groups = None, None, None
   if n_views > n_g:
     local = crops(n_g, n_views, data_cfg.local_size)
     local_mask = sample_major(smask[:, n_g:])
+    local_groups = None if sgrp is None else sample_major(sgrp[:, n_g:])
   return Views(global_images=crops(0, n_g, data_cfg.global_size), local_images=local,
                student_global_mask=sample_major(smask[:, :n_g]), student_local_mask=local_mask,
-               teacher_mask=sample_major(batch["teacher_masks"]))
+               teacher_mask=sample_major(batch["teacher_masks"]),
+               student_global_groups=None if sgrp is None else sample_major(sgrp[:, :n_g]),
+               student_local_groups=local_groups,
+               teacher_groups=None if tgrp is None else sample_major(tgrp))

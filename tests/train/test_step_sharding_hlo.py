@@ -33,7 +33,7 @@ init = state_lib.make_state_init_fn(param_init, tx, config.model.head.out_dim)
 sh = state_lib.state_shardings(param_init, tx, rng, mesh, rules)
 state = state_lib.abstract_state(init, sh, rng)
 local = next(data.iterator)
-batch = sharding.global_batch({k: local[k] for k in data_source.STEP_KEYS}, mesh)
+batch = sharding.global_batch({k: local[k] for k in data_source.step_keys(config)}, mesh)
 fn = jax.jit(step_lib.make_train_step(model, tx, scheds, config, data.contract),
              in_shardings=(sh, {k: v.sharding for k, v in batch.items()}), donate_argnums=(0,))
 with jax.set_mesh(mesh), flax.linen.logical_axis_rules(rules):

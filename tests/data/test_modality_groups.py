@@ -1,0 +1,138 @@
+"""Fixed modality-group sizes per block: exact sizes, availability, METHOD.md 4's proportions, and
+the grouped patch embedding equal to the masked path (issue #9)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from terrafm_jax.data import crops as crops_lib
+from terrafm_jax.data import modality_groups as mg
+
+
+def _draws(rng, cfg, avail, v):
+  return np.stack([np.stack([crops_lib.draw_modalities(rng, a, cfg) for _ in range(v)])
+                   for a in avail])
+
+
+def test_probabilities_and_sizes():
+  p = mg.group_probabilities(crops_lib.CropConfig())
+  np.testing.assert_allclose(p, [1 / 6, 1 / 6, 1 / 6, 1 / 2])
+  pb = mg.group_probabilities(crops_lib.CropConfig(modality_reading="b", keep_p=0.5))
+  np.testing.assert_allclose(pb, [1 / 7, 1 / 7, 1 / 7, 4 / 7])  # 3 singles of 7 non-empty sets
+  one = mg.group_probabilities(crops_lib.CropConfig(modalities=("s2_l1c",)))
+  np.testing.assert_array_equal(one, [0, 1, 0, 0])
+  assert mg.group_sizes(48, p) == (8, 8, 8, 24)
+  assert mg.group_sizes(4, p) == (0, 0, 0, 4)  # 4/6 < 1: every single view rides in fused
+  assert mg.group_sizes(16, one) == (0, 16, 0, 0)
+
+
+def test_round_counts_is_unbiased_with_fixed_sum():
+  rng = np.random.default_rng(0)
+  exp = np.array([0.7, 0.7, 0.6, 2.0])
+  draws = np.stack([mg.round_counts(rng, exp) for _ in range(20000)])
+  assert (draws.sum(1) == 4).all()
+  np.testing.assert_allclose(draws.mean(0), exp, atol=0.02)
+
+
+@pytest.mark.parametrize("block,v", [(4, 6), (2, 2), (8, 6)])
+def test_balance_exact_sizes_consistent_masks(block, v):
+  cfg = crops_lib.CropConfig()
+  probs = mg.group_probabilities(cfg)
+  rng = np.random.default_rng(block * 10 + v)
+  for _ in range(50):
+    avail = np.ones((block, 3), bool)
+    masks, groups = mg.balance_family(rng, _draws(rng, cfg, avail, v), avail, probs)
+    sizes = mg.group_sizes(block * v, probs)
+    assert tuple(np.bincount(groups.ravel(), minlength=4)) == sizes
+    kinds = mg.groups_of(masks)
+    single = groups < mg.FUSED
+    np.testing.assert_array_equal(kinds[single], groups[single])  # single groups: their stem only
+    assert masks.any(-1).all()
+
+
+def test_proportions_match_method_draws():
+  """Each slot's mask type has marginal p_t (METHOD.md 4 reading a): 1/6 per single, 1/2 multi."""
+  cfg = crops_lib.CropConfig()
+  probs = mg.group_probabilities(cfg)
+  rng = np.random.default_rng(3)
+  counts = np.zeros(4)
+  for _ in range(400):
+    avail = np.ones((2, 3), bool)
+    masks, _ = mg.balance_family(rng, _draws(rng, cfg, avail, 2), avail, probs)
+    counts += np.bincount(mg.groups_of(masks).ravel(), minlength=4)
+  np.testing.assert_allclose(counts / counts.sum(), probs, atol=0.025)
+
+
+def test_availability_respected_and_infeasible_block_is_named():
+  cfg = crops_lib.CropConfig()
+  probs = mg.group_probabilities(cfg)
+  rng = np.random.default_rng(5)
+  # Half the tiles lack S1: S1 views come only from the others, multi views never use S1 there.
+  avail = np.array([[True, True, True], [False, True, True]] * 4)
+  for _ in range(30):
+    masks, groups = mg.balance_family(rng, _draws(rng, cfg, avail, 6), avail, probs)
+    no_s1 = np.repeat(~avail[:, 0:1], 6, axis=1)
+    assert not masks[no_s1][:, 0].any()
+    assert tuple(np.bincount(groups.ravel(), minlength=4)) == mg.group_sizes(48, probs)
+  # Only L1C anywhere: the S1 / L2A single groups cannot be filled.
+  only = np.array([[False, True, False]] * 8)
+  with pytest.raises(ValueError, match=r"block at global sample 96.*modality_groups=False"):
+    mg.balance_family(rng, _draws(rng, cfg, only, 6), only, probs,
+                      where=" (block at global sample 96)")
+
+
+def test_balance_batch_independent_of_process_split():
+  """A block's result depends on its global position, not on which process holds it."""
+  cfg = crops_lib.CropConfig(n_global=2, n_local=2)
+  rng = np.random.default_rng(0)
+  b = 8
+  batch = {"student_masks": _draws(rng, cfg, np.ones((b, 3), bool), 4),
+           "teacher_masks": _draws(rng, cfg, np.ones((b, 3), bool), 2),
+           "available": np.ones((b, 3), bool)}
+  whole = mg.balance_batch(batch, cfg, block=2, seed=1, first_position=16)
+  half = {k: v[4:] for k, v in batch.items()}
+  second = mg.balance_batch(half, cfg, block=2, seed=1, first_position=20)
+  for k in ("student_masks", "teacher_masks", "student_groups", "teacher_groups"):
+    np.testing.assert_array_equal(whole[k][4:], second[k])
+  with pytest.raises(ValueError, match="not a multiple of the block"):
+    mg.balance_batch(batch, cfg, block=3, seed=1, first_position=0)
+
+
+def test_grouped_patch_embedding_equals_masked_path():
+  import jax
+  import jax.numpy as jnp
+  from terrafm_jax.models.terrafm import TerraFMEncoder
+  enc = TerraFMEncoder(variant="Mu/8", img_size=32)
+  cfg = crops_lib.CropConfig(n_global=1, n_local=0)
+  probs = mg.group_probabilities(cfg)
+  rng = np.random.default_rng(0)
+  block, nb = 12, 2
+  x = {m: jnp.asarray(rng.standard_normal((block * nb, 32, 32, c)), jnp.float32)
+       for m, c in (("s1", 2), ("s2_l1c", 12), ("s2_l2a", 12))}
+  parts = [mg.balance_family(rng, _draws(rng, cfg, np.ones((block, 3), bool), 1),
+                             np.ones((block, 3), bool), probs) for _ in range(nb)]
+  masks = jnp.asarray(np.concatenate([p[0] for p in parts])[:, 0])
+  groups = jnp.asarray(np.concatenate([p[1] for p in parts])[:, 0])
+  sizes = mg.group_sizes(block, probs)
+  params = enc.init(jax.random.PRNGKey(0), x, masks)
+
+  def masked(p, x):
+    return enc.apply(p, x, masks)["cls"]
+
+  def grouped(p, x):
+    return enc.apply(p, x, masks, groups=groups, group_sizes=sizes)["cls"]
+
+  a, b = jax.jit(masked)(params, x), jax.jit(grouped)(params, x)
+  np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-5, rtol=1e-5)
+  ga = jax.grad(lambda p: jnp.sum(masked(p, x) ** 2))(params)
+  gb = jax.grad(lambda p: jnp.sum(grouped(p, x) ** 2))(params)
+  for u, w in zip(jax.tree.leaves(gb), jax.tree.leaves(ga)):
+    np.testing.assert_allclose(np.asarray(u), np.asarray(w), atol=2e-5, rtol=1e-4)
+  # A one-off in the inverse permutation would swap views: each output row is its own view's.
+  swapped = groups.at[0].set(groups[1]).at[1].set(groups[0])
+  if int(groups[0]) != int(groups[1]):
+    c = enc.apply(params, x, masks, groups=swapped, group_sizes=sizes)["cls"]
+    assert not np.allclose(np.asarray(c), np.asarray(a), atol=1e-5)
+  # The grouped step runs fewer FLOPs than the masked one (XLA's own count).
+  fl = lambda f: jax.jit(f).lower(params, x).compile().cost_analysis()["flops"]  # noqa: E731
+  assert fl(grouped) < 0.8 * fl(masked)
