@@ -48,11 +48,13 @@ def get_config(arg: str | None = None):
   # cross-modal pair is logged and printed too.
   c.knn.modality = "all"
   c.knn.k = 20
+  c.data.group_block = 4                     # divides the per-shard batch on 1 to 8 devices
   if arg == "test":
     c.data.source = "random"
     c.data.num_examples = 4 * c.global_batch_size
     c.data.builtin.tile_size = 32
     c.global_batch_size = 8
+    c.data.group_block = 1                   # 8 samples over up to 8 shards
     c.data.n_local = 2
     c.num_epochs = 2
     c.optim.warmup_epochs = 1.0

@@ -49,25 +49,27 @@ def crop_config(config: ml_collections.ConfigDict):
 def group_block(config: ml_collections.ConfigDict, device_count: int | None = None) -> int:
   """Samples per modality-group block (data/modality_groups.py); 0 = grouping off.
 
-  config.data.group_block 0 = the samples of one batch shard (global batch / (data x fsdp)), so
-  the step's per-group gathers never cross devices."""
+  The block is a config value, not derived from the device count, so the modality plan of a
+  global batch is the same on any topology (exact resume onto other device or process counts).
+  It must divide the per-shard batch (global batch / (mesh data x fsdp)), so that no block spans
+  two devices and the step's per-group gathers stay on each device."""
   d = config.data
   if not d.modality_groups:
     return 0
+  from terrafm_jax.train.default_config import ConfigError  # pylint: disable=g-import-not-at-top
   if d.granularity != "sample":
-    from terrafm_jax.train.default_config import ConfigError  # pylint: disable=g-import-not-at-top
     raise ConfigError("config.data.modality_groups=True needs config.data.granularity='sample' "
                       f"(got {d.granularity!r}); set modality_groups=False for per-batch draws")
   from terrafm_jax.train import sharding  # pylint: disable=g-import-not-at-top
   shape = dict(zip(sharding.MESH_AXES,
                    sharding.mesh_shape(config.mesh, device_count or jax.device_count())))
-  shards = shape["data"] * shape["fsdp"]
-  block = d.group_block or config.global_batch_size // shards
-  local = config.global_batch_size // jax.process_count()
-  if block <= 0 or local % block or (config.global_batch_size // shards) % block:
-    from terrafm_jax.train.default_config import ConfigError  # pylint: disable=g-import-not-at-top
-    raise ConfigError(f"config.data.group_block={d.group_block} (resolved {block}) must divide the "
-                      f"per-shard batch of {config.global_batch_size // shards} samples")
+  per_shard = config.global_batch_size // (shape["data"] * shape["fsdp"])
+  block = int(d.group_block)
+  if block <= 0 or per_shard % block:
+    raise ConfigError(f"config.data.group_block={block} must be a positive divisor of the "
+                      f"per-shard batch of {per_shard} samples (global_batch_size "
+                      f"{config.global_batch_size} / mesh data x fsdp "
+                      f"{shape['data'] * shape['fsdp']}); or set config.data.modality_groups=False")
   return block
 
 

@@ -56,10 +56,11 @@ def get_base_config(variant: str = "B/16") -> ml_collections.ConfigDict:
   c.data.keep_p = 0.5
   c.data.granularity = "sample"     # modality draw per "sample" (and view) or per "batch"
   # Fixed views per modality group (s1 / L1C / L2A / fused) in every block of `group_block`
-  # samples (0 = one batch shard), so each stem runs only on its views (data/modality_groups.py).
-  # False: every view runs all three stems and the fusion, then selects its path (same values).
+  # samples, so each stem runs only on its views (data/modality_groups.py). The block must divide
+  # the per-shard batch; larger blocks round the group sizes less. False: every view runs all
+  # three stems and the fusion, then selects its path (same values).
   c.data.modality_groups = True
-  c.data.group_block = 0
+  c.data.group_block = 8
   c.data.worker_count = 4
   # Land-cover-stratified sampler (terrafm_jax.data.sampling.SamplingConfig; METHOD.md 5).
   c.data.sampling = ml_collections.ConfigDict(dict(beta=0.5, ocean_fraction=0.02, strata_beta=0.0))

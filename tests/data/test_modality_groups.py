@@ -136,3 +136,23 @@ def test_grouped_patch_embedding_equals_masked_path():
   # The grouped step runs fewer FLOPs than the masked one (XLA's own count).
   fl = lambda f: jax.jit(f).lower(params, x).compile().cost_analysis()["flops"]  # noqa: E731
   assert fl(grouped) < 0.8 * fl(masked)
+
+
+def test_group_block_must_divide_per_shard_batch():
+  import importlib.util
+  from terrafm_jax.train import data_source
+  from terrafm_jax.train.default_config import ConfigError
+  spec = importlib.util.spec_from_file_location("smoke", "configs/smoke.py")
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  c = mod.get_config()
+  c.global_batch_size, c.data.group_block = 32, 4
+  assert data_source.group_block(c, device_count=8) == 4
+  c.data.group_block = 5
+  with pytest.raises(ConfigError, match=r"config.data.group_block=5 .*per-shard batch of 32"):
+    data_source.group_block(c, device_count=1)
+  c.data.group_block, c.data.granularity = 4, "batch"
+  with pytest.raises(ConfigError, match="granularity"):
+    data_source.group_block(c, device_count=1)
+  c.data.modality_groups = False
+  assert data_source.group_block(c, device_count=1) == 0

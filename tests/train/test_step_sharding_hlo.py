@@ -19,7 +19,8 @@ mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
 config = mod.get_config("test")
 config.unlock()
 config.mesh.data, config.mesh.fsdp = 8, 1
-config.global_batch_size = 16
+config.global_batch_size = 48
+config.data.group_block = 6  # per-shard batch: groups of (2, 2, 2, 6) teacher views per device
 mesh = sharding.make_mesh(config.mesh)
 rules = sharding.logical_rules(config)
 data = data_source.make_train_data(config, "/tmp/unused")
