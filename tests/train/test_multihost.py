@@ -32,6 +32,8 @@ def _args(work, root, *extra):
           f"--config.data.builtin.root={root}",
           *(f"--config.data.builtin.{k}={v}" for k, v in BUILTIN.items()),
           f"--config.global_batch_size={GLOBAL_BATCH}", "--config.knn.enabled=False",
+          # modality-group blocks of 2 samples: the per-shard batch on 4 and on 2 devices
+          "--config.data.group_block=2",
           "--config.log_every_steps=1", "--config.debug.record_tiles=True", *extra]
 
 
