@@ -28,6 +28,18 @@ class DropPath(nn.Module):
     return jnp.where(mask, x / keep, jnp.zeros_like(x)).astype(x.dtype)
 
 
+def attention_core(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, scale: float) -> jnp.ndarray:
+  """softmax(q k^T * scale) v for (B, N, H, hd) inputs, heads-major inside as the released
+  PyTorch code (q, k, v permuted to (B, H, N, hd)); softmax in float32.
+
+  The same maths as jax.nn.dot_product_attention's XLA path, which on XLA:CPU runs slower here:
+  one ViT-B block forward + backward 1.06x faster with this form (issue #9)."""
+  q, k, v = (t.transpose(0, 2, 1, 3) for t in (q, k, v))
+  logits = jnp.einsum("bhqd,bhkd->bhqk", q * jnp.asarray(scale, q.dtype), k)
+  attn = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+  return jnp.einsum("bhqk,bhkd->bhqd", attn, v).transpose(0, 2, 1, 3)
+
+
 class Attention(nn.Module):
   """Multi-head self-attention with the released fused qkv layout: out features [q | k | v], each
   head-contiguous, so that the PyTorch weight converts by a transpose only."""
@@ -46,8 +58,11 @@ class Attention(nn.Module):
                 name="qkv")(x)
     qkv = qkv.reshape(b, n, 3, self.num_heads, head_dim)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    out = jax.nn.dot_product_attention(q, k, v, scale=head_dim ** -0.5,
-                                       implementation=self.attention_impl)
+    if self.attention_impl is None:
+      out = attention_core(q, k, v, head_dim ** -0.5)
+    else:  # e.g. "cudnn": jax.nn.dot_product_attention's fused kernel
+      out = jax.nn.dot_product_attention(q, k, v, scale=head_dim ** -0.5,
+                                         implementation=self.attention_impl)
     out = out.reshape(b, n, d)
     return dense(d, (axes.HEADS, axes.EMBED), dtype=self.dtype, param_dtype=self.param_dtype,
                  name="proj")(out)

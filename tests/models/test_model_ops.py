@@ -216,3 +216,52 @@ def test_grad_barrier_survives_compilation():
   from terrafm_jax.models.layers import grad_barrier
   nan_g = jax.vjp(grad_barrier, jnp.ones(3))[1](jnp.asarray([jnp.nan, 1.0, 2.0]))[0]
   assert np.isnan(nan_g[0]) and np.array_equal(nan_g[1:], [1.0, 2.0])
+
+
+# ---------------------------------------------------------------------------------------------
+# 2-D Dense, attention core and erf GELU == the library forms they replace
+
+
+@pytest.mark.parametrize("shape", [(2, 7, 24), (5, 24), (2, 3, 4, 24)])
+def test_dense_is_drop_in_for_nn_dense(shape):
+  from terrafm_jax.models.layers import Dense
+  kw = dict(kernel_init=nn.with_logical_partitioning(nn.initializers.normal(0.02),
+                                                     (axes.EMBED, axes.MLP)),
+            bias_init=nn.with_logical_partitioning(nn.initializers.normal(0.1), (axes.MLP,)))
+  ref, new = nn.Dense(40, **kw), Dense(40, **kw)
+  x = jax.random.normal(jax.random.PRNGKey(0), shape)
+  pr, pn = ref.init(jax.random.PRNGKey(4), x), new.init(jax.random.PRNGKey(4), x)
+  assert jax.tree.structure(pr) == jax.tree.structure(pn)
+  for a, b in zip(jax.tree.leaves(pr, is_leaf=lambda l: isinstance(l, nn.Partitioned)),
+                  jax.tree.leaves(pn, is_leaf=lambda l: isinstance(l, nn.Partitioned))):
+    assert a.names == b.names
+    np.testing.assert_array_equal(a.value, b.value)
+  _close(new.apply(pr, x), ref.apply(pr, x))
+  assert new.apply(pr, x).shape == shape[:-1] + (40,)
+  no_bias = Dense(8, use_bias=False).init(jax.random.PRNGKey(0), x)
+  assert set(no_bias["params"]) == {"kernel"}
+
+
+def test_attention_core_matches_dot_product_attention():
+  from terrafm_jax.models.vit import attention_core
+  kq, kk, kv, kg = jax.random.split(jax.random.PRNGKey(0), 4)
+  q, k, v = (jax.random.normal(key, (2, 13, 4, 8)) for key in (kq, kk, kv))
+  ref = jax.nn.dot_product_attention(q, k, v, scale=8 ** -0.5)
+  _close(jax.jit(attention_core, static_argnums=3)(q, k, v, 8 ** -0.5), ref)
+  g = jax.random.normal(kg, ref.shape)
+  g_new = jax.grad(lambda *a: jnp.sum(attention_core(*a, 8 ** -0.5) * g), (0, 1, 2))(q, k, v)
+  g_ref = jax.grad(lambda *a: jnp.sum(jax.nn.dot_product_attention(*a, scale=8 ** -0.5) * g),
+                   (0, 1, 2))(q, k, v)
+  for a, b in zip(g_new, g_ref):
+    _close(a, b)
+
+
+def test_gelu_is_exact_erf_gelu():
+  from scipy.special import erf
+  from terrafm_jax.models.layers import gelu
+  x = jnp.linspace(-10.0, 10.0, 4001)
+  xd = np.asarray(x, np.float64)
+  ref = xd * 0.5 * (1.0 + erf(xd / np.sqrt(2.0)))
+  assert np.abs(np.asarray(jax.jit(gelu)(x)) - ref).max() < 3e-6
+  dref = 0.5 * (1.0 + erf(xd / np.sqrt(2.0))) + xd * np.exp(-xd ** 2 / 2) / np.sqrt(2 * np.pi)
+  assert np.abs(np.asarray(jax.vmap(jax.grad(gelu))(x)) - dref).max() < 3e-6
