@@ -3,7 +3,8 @@
   python bench/compare_torch.py                       # S/16 and B/16, batch 8, 3 timed steps
   python bench/compare_torch.py --variants=Ti/16 --steps=1 --skip_forward
 
-Rows (median over --steps timed calls, after one warm-up call; JAX compiles before its warm-up):
+Rows (median over --steps timed calls, after one warm-up call; JAX compiles before its warm-up;
+each timed call follows an untimed call of the same side, see train_steps):
 
 * `train step` -- JAX: the project's real step, `jax.jit(step.make_train_step(...))` with the
   state donated, built exactly as bench/train_step.py builds it from configs/terrafm_b.py:<variant>
@@ -187,8 +188,11 @@ def make_torch_step(config):
 
 
 def train_steps(config, host_batches, n_steps: int, warmup: int) -> dict:
-  """JAX and PyTorch steps interleaved (J, T, J, T, ...) so that load from other processes on a
-  shared machine hits both sides alike."""
+  """JAX and PyTorch steps interleaved so that load from other processes on a shared machine hits
+  both sides alike: each timed call is preceded by one untimed call of the same side (J', J, T',
+  T, J', J, ...). Why the untimed call: the first call after a switch of framework runs ~20-40 %
+  slower on this 2-core machine (the other runtime's worker threads are still spinning / the
+  caches are cold), which a strict J, T, J, T alternation charges to both sides unevenly."""
   j = JaxStep(config, host_batches)
   print(f"  JAX compile {j.compile_s:.1f} s; {j.n_params / 1e6:.2f} M student params; "
         f"XLA flops/step {j.flops}", flush=True)
@@ -207,9 +211,12 @@ def train_steps(config, host_batches, n_steps: int, warmup: int) -> dict:
   tb["crops"].clear()
   res = {k: [] for k in ("jax", "jax_cpu", "torch", "torch_cpu")}
   for i in range(n_steps):
+    j.step()
     w, c = timed(j.step, 1)
     res["jax"] += w
     res["jax_cpu"] += c
+    torch_one()
+    tb["crops"].pop()
     w, c = timed(torch_one, 1)
     res["torch"] += w
     res["torch_cpu"] += c
@@ -253,10 +260,12 @@ def forward(variant: str, batch: int, n_steps: int, args) -> dict:
     run_j()
     run_t()
   res = {k: [] for k in ("jax", "jax_cpu", "torch", "torch_cpu")}
-  for _ in range(n_steps):  # interleaved, as the train steps
+  for _ in range(n_steps):  # interleaved with an untimed call first, as the train steps
+    run_j()
     w, c = timed(run_j, 1)
     res["jax"] += w
     res["jax_cpu"] += c
+    run_t()
     w, c = timed(run_t, 1)
     res["torch"] += w
     res["torch_cpu"] += c
