@@ -6,6 +6,7 @@ Uses `data.source=random` batches (no input pipeline), so it measures the device
 """
 from __future__ import annotations
 
+import json
 import time
 
 import jax
@@ -20,6 +21,7 @@ from terrafm_jax.train import trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/smoke.py:test", "config file")
 _STEPS = flags.DEFINE_integer("steps", 10, "timed steps (after 2 warm-up steps)")
+_JSON = flags.DEFINE_string("json_out", "", "also write the figures to this JSON file")
 
 
 def main(_):
@@ -49,7 +51,9 @@ def main(_):
   with jax.set_mesh(mesh), __import__("flax").linen.logical_axis_rules(rules):
     t0 = time.time()
     compiled = fn.lower(st, batches[0]).compile()
-    print(f"compile {time.time() - t0:.1f} s; memory {metrics.log_memory_analysis(compiled)}")
+    compile_s = time.time() - t0
+    memory = metrics.log_memory_analysis(compiled)
+    print(f"compile {compile_s:.1f} s; memory {memory}")
   for i in range(2):
     st, m = compiled(st, batches[i % 2])
   jax.block_until_ready(m)
@@ -65,6 +69,15 @@ def main(_):
         f"{config.global_batch_size / dt / nd:.1f} img/s/device, "
         f"{flops / dt / nd / 1e12:.3f} TFLOP/s/device" +
         (f", MFU {flops / dt / nd / peak:.1%}" if peak else ""))
+  if _JSON.value:
+    with open(_JSON.value, "w", encoding="utf-8") as f:
+      json.dump({"device_kind": jax.devices()[0].device_kind, "devices": nd,
+                 "global_batch": config.global_batch_size, "step_s": dt,
+                 "img_per_s_per_device": config.global_batch_size / dt / nd,
+                 "model_flops_per_step": flops,
+                 "tflops_per_device": flops / dt / nd / 1e12,
+                 "mfu": flops / dt / nd / peak if peak else None,
+                 "compile_s": compile_s, "memory_gib": memory}, f, indent=1)
 
 
 if __name__ == "__main__":
