@@ -28,11 +28,14 @@ keep_p; one allowed modality: all single):
      the fused group takes the rest (all multi slots and the 0 or 1 leftover single slot of each
      modality: the fused path reproduces the case-1 value of a single-modality mask bit for bit).
      The group sizes depend on the config only, so the step's shapes are static.
-  4. a slot that fits no type with room (its tile lacks the modalities of every type left) takes
-     the place of a multi slot that can move to one of those types and rides in the fused group
-     with its own mask; if no such swap exists the batch is refused with an error naming the block.
+  4. availability: a slot that fits no type with room keeps its own draw. If a block has fewer
+     single-m views than group m needs, other views of tiles that have m are turned into
+     single-m views; if no tile of the block has m at all, the group is filled with views that
+     are computed but left out of the loss and the centers ("valid" False, logged as
+     `dropped_views`). Nothing is refused: real data with patchy S1 coverage trains on.
 By exchangeability each slot's mask type has marginal probability E[k_t] / n = p_t: METHOD.md 4's
-draw probabilities hold exactly (up to the rare swaps of step 4).
+draw probabilities hold exactly where every tile has every modality; rule 4 bends them only
+where availability forces it.
 """
 from __future__ import annotations
 
@@ -117,66 +120,60 @@ def _draw_in_group(rng: np.random.Generator, group: int, avail: np.ndarray) -> n
 
 
 def balance_family(rng: np.random.Generator, masks: np.ndarray, available: np.ndarray,
-                   probs: np.ndarray, where: str = "") -> tuple[np.ndarray, np.ndarray]:
+                   probs: np.ndarray, where: str = ""
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """One (block, family): masks (b, v, 3) drawn per sample, available (b, 3) (already restricted
-  to the allowed modalities), probs (4,) -> (masks, groups (b, v) int8) with exactly
-  group_sizes(b * v, probs) slots per compute group (module docstring)."""
+  to the allowed modalities), probs (4,) -> (masks, groups (b, v) int8, valid (b, v) bool) with
+  exactly group_sizes(b * v, probs) slots per compute group (module docstring). `valid` is False
+  only for a view that the block cannot serve (rule 4): it is computed, and left out of the loss."""
+  del where  # kept for call sites that name the block; nothing here refuses a block any more
   b, v, _ = masks.shape
   n = b * v
   flat = masks.reshape(n, NUM_MODALITIES).copy()
   avail = np.repeat(np.asarray(available, bool), v, axis=0)          # slot -> its tile's modalities
-  room = round_counts(rng, n * np.asarray(probs))                      # step 1
-  kind = np.full(n, -1, np.int8)
+  room = round_counts(rng, n * np.asarray(probs))                      # step 1: target type counts
   drawn = groups_of(flat)
   displaced = []
   for s in rng.permutation(n):                                         # step 2: keep
     t = drawn[s]
     if room[t] > 0:
-      kind[s], room[t] = t, room[t] - 1
+      room[t] -= 1
     else:
       displaced.append(s)
-  riders = []                                                          # step 4 slots
   for s in displaced:                                                  # step 2: reassign
     options = [t for t in range(len(GROUPS)) if room[t] > 0 and _fits(t, avail[s])]
     if options:
       t = int(rng.choice(options, p=room[options] / room[options].sum()))
-      kind[s], room[t] = t, room[t] - 1
+      room[t] -= 1
       flat[s] = _draw_in_group(rng, t, avail[s])
-      continue
-    open_types = [t for t in range(len(GROUPS)) if room[t] > 0]
-    for f in rng.permutation(np.flatnonzero(kind == FUSED)):           # step 4: swap
-      targets = [t for t in open_types if t != FUSED and _fits(t, avail[f])]
-      if targets:
-        t = int(rng.choice(targets))
-        kind[f], room[t] = t, room[t] - 1
-        flat[f] = _draw_in_group(rng, t, avail[f])
-        kind[s] = FUSED
-        riders.append(s)
-        break
-    else:
-      raise ValueError(
-          f"modality groups{where}: cannot place a view of a tile with modalities "
-          f"{[m for m, a in zip(contract_lib.MODALITIES, avail[s]) if a]} (mask types with room: "
-          f"{[GROUPS[t] for t in open_types]}). Too few tiles of this block have those "
-          f"modalities: set config.data.modality_groups=False (every view runs every stem) or "
-          f"restrict config.data.modalities.")
+    # else: no target type with room fits this tile; it keeps its own draw (rule 4)
   sizes = group_sizes(n, probs)
+  kind = groups_of(flat)
   group = np.full(n, FUSED, np.int8)                                   # step 3
-  single = kind.copy()
-  single[riders] = -1
+  valid = np.ones(n, bool)
+  taken = np.zeros(n, bool)
   for m in range(NUM_MODALITIES):
-    idx = rng.permutation(np.flatnonzero(single == m))
-    if idx.size < sizes[m]:  # cannot happen: k_m >= floor(n p_m); guard against a logic slip
-      raise AssertionError(f"modality groups{where}: {idx.size} single-{GROUPS[m]} views for a "
-                           f"group of {sizes[m]}")
-    group[idx[:sizes[m]]] = m
-  return flat.reshape(b, v, NUM_MODALITIES), group.reshape(b, v)
+    idx = list(rng.permutation(np.flatnonzero((kind == m) & ~taken)))[:sizes[m]]
+    if len(idx) < sizes[m]:  # rule 4: turn other views of tiles that have m into single-m views
+      spare = rng.permutation(np.flatnonzero(~taken & avail[:, m] & (kind != m)))
+      for s in spare[:sizes[m] - len(idx)]:
+        flat[s] = _draw_in_group(rng, m, avail[s])
+        idx.append(s)
+    if len(idx) < sizes[m]:  # no tile of the block has m: fill with views left out of the loss
+      rest = rng.permutation(np.flatnonzero(~taken & ~np.isin(np.arange(n), idx)))
+      for s in rest[:sizes[m] - len(idx)]:
+        valid[s] = False
+        idx.append(s)
+    idx = np.asarray(idx, int)
+    group[idx] = m
+    taken[idx] = True
+  return (flat.reshape(b, v, NUM_MODALITIES), group.reshape(b, v), valid.reshape(b, v))
 
 
 def balance_batch(batch: dict, cfg: crops_lib.CropConfig, block: int, seed: int,
                   first_position: int) -> dict:
   """Rewrite the masks of a process-local batch block by block; adds "student_groups" (B, V) and
-  "teacher_groups" (B, G) int8. `first_position` is the global sample position of the batch's
+  "teacher_groups" (B, G) int8, "student_valid" / "teacher_valid" bool (rule 4). `first_position` is the global sample position of the batch's
   first sample: each block's RNG is seeded by its own first position, so the result does not
   depend on how the global batch is split over processes."""
   b = batch["student_masks"].shape[0]
@@ -191,17 +188,21 @@ def balance_batch(batch: dict, cfg: crops_lib.CropConfig, block: int, seed: int,
   smask, tmask = batch["student_masks"].copy(), batch["teacher_masks"].copy()
   sgrp = np.zeros(smask.shape[:2], np.int8)
   tgrp = np.zeros(tmask.shape[:2], np.int8)
+  sval = np.ones(smask.shape[:2], bool)
+  tval = np.ones(tmask.shape[:2], bool)
   n_g = cfg.n_global
   for lo in range(0, b, block):
     hi = lo + block
     pos = first_position + lo
     rng = np.random.default_rng([seed, 4, pos])
     where = f" (block at global sample {pos})"
-    tmask[lo:hi], tgrp[lo:hi] = balance_family(rng, tmask[lo:hi], avail[lo:hi], probs, where)
-    smask[lo:hi, :n_g], sgrp[lo:hi, :n_g] = balance_family(
+    tmask[lo:hi], tgrp[lo:hi], tval[lo:hi] = balance_family(
+        rng, tmask[lo:hi], avail[lo:hi], probs, where)
+    smask[lo:hi, :n_g], sgrp[lo:hi, :n_g], sval[lo:hi, :n_g] = balance_family(
         rng, smask[lo:hi, :n_g], avail[lo:hi], probs, where)
     if smask.shape[1] > n_g:
-      smask[lo:hi, n_g:], sgrp[lo:hi, n_g:] = balance_family(
+      smask[lo:hi, n_g:], sgrp[lo:hi, n_g:], sval[lo:hi, n_g:] = balance_family(
           rng, smask[lo:hi, n_g:], avail[lo:hi], probs, where)
-  out.update(student_masks=smask, teacher_masks=tmask, student_groups=sgrp, teacher_groups=tgrp)
+  out.update(student_masks=smask, teacher_masks=tmask, student_groups=sgrp, teacher_groups=tgrp,
+             student_valid=sval, teacher_valid=tval)
   return out

@@ -31,7 +31,7 @@ from terrafm_jax.train import workdir as workdir_lib
 
 # Keys the train step consumes (tile_index stays on the host).
 STEP_KEYS = MODALITIES + ("boxes", "flip", "student_masks", "teacher_masks", "label")
-GROUP_KEYS = ("student_groups", "teacher_groups")
+GROUP_KEYS = ("student_groups", "teacher_groups", "student_valid", "teacher_valid")
 
 
 def crop_config(config: ml_collections.ConfigDict):

@@ -42,17 +42,25 @@ def centered_teacher_logits(teacher_logits: jax.Array, centers: Centers,
 
 def update_centers(teacher_logits: jax.Array, labels: jax.Array, centers: Centers, *,
                    high_freq_classes: Sequence[int], momentum: float,
-                   momentum_h: float) -> tuple[Centers, jax.Array]:
+                   momentum_h: float, teacher_valid: jax.Array | None = None
+                   ) -> tuple[Centers, jax.Array]:
   """EMA update of both centers from the raw teacher logits of the global views.
 
   Returns the new centers and the number of (view, sample) pairs that fed c_h. When no sample of
   H is in the global batch, c_h is kept unchanged (METHOD.md 3, recommended default).
   """
   t = jax.lax.stop_gradient(teacher_logits).astype(jnp.float32)
-  batch_c = jnp.mean(t, axis=(0, 1))
   h = in_high_freq_set(labels, high_freq_classes).astype(jnp.float32)  # (B,)
-  count_h = jnp.sum(h) * t.shape[0]
-  sum_h = jnp.einsum("vbk,b->k", t, h)
+  if teacher_valid is None:
+    batch_c = jnp.mean(t, axis=(0, 1))
+    count_h = jnp.sum(h) * t.shape[0]
+    sum_h = jnp.einsum("vbk,b->k", t, h)
+  else:  # (n_g, B): views left out by the modality-group plan do not feed the centers
+    w = teacher_valid.astype(jnp.float32)
+    batch_c = jnp.einsum("vbk,vb->k", t, w) / jnp.maximum(jnp.sum(w), 1.0)
+    wh = w * h[None, :]
+    count_h = jnp.sum(wh)
+    sum_h = jnp.einsum("vbk,vb->k", t, wh)
   batch_c_h = sum_h / jnp.maximum(count_h, 1.0)
   new_c = momentum * centers.c + (1.0 - momentum) * batch_c
   new_c_h = jnp.where(count_h > 0,
@@ -70,7 +78,8 @@ class DinoLossOut(NamedTuple):
 
 def dino_loss(student_logits: jax.Array, teacher_logits: jax.Array, centers: Centers, *,
               student_temp: float, teacher_temp: jax.Array | float,
-              alpha: float) -> DinoLossOut:
+              alpha: float, teacher_valid: jax.Array | None = None,
+              student_valid: jax.Array | None = None) -> DinoLossOut:
   """L = 1/n_pairs sum_{i<n_g} sum_{v != i} mean_b CE(P_t(x_i), P_s(x_v)) (METHOD.md 2).
 
   Softmax, centering and loss run in float32 whatever the compute dtype (METHOD.md 1.7).
@@ -85,7 +94,15 @@ def dino_loss(student_logits: jax.Array, teacher_logits: jax.Array, centers: Cen
   ce = -jnp.einsum("ibk,vbk->ivb", p_t, log_p_s)
   pair_mask = jnp.arange(n_global)[:, None] != jnp.arange(n_views)[None, :]
   n_pairs = n_global * n_views - min(n_global, n_views)
-  loss = jnp.sum(jnp.where(pair_mask[:, :, None], ce, 0.0)) / (n_pairs * ce.shape[-1])
+  if teacher_valid is None and student_valid is None:
+    loss = jnp.sum(jnp.where(pair_mask[:, :, None], ce, 0.0)) / (n_pairs * ce.shape[-1])
+    return DinoLossOut(loss, ce, pair_mask, p_t)
+  # Views left out by the modality-group plan ((n_g, B) / (V, B) bool) weigh 0 in the mean.
+  wt = jnp.ones(t.shape[:2]) if teacher_valid is None else teacher_valid.astype(jnp.float32)
+  ws = (jnp.ones(log_p_s.shape[:2]) if student_valid is None
+        else student_valid.astype(jnp.float32))
+  w = pair_mask[:, :, None] * wt[:, None, :] * ws[None, :, :]
+  loss = jnp.sum(w * ce) / jnp.maximum(jnp.sum(w), 1.0)
   return DinoLossOut(loss, ce, pair_mask, p_t)
 
 

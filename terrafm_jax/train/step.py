@@ -54,6 +54,9 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                                  views.teacher_mask, train=False,
                                  **grouped(views.teacher_groups, "teacher"))["logits"]
     teacher_logits = views_lib.per_view(jax.lax.stop_gradient(teacher_logits), b)
+    # (n_g, B) / (V, B): False for a view the modality-group plan could not serve (rule 4).
+    teacher_valid = batch["teacher_valid"].T if "teacher_valid" in batch else None
+    student_valid = batch["student_valid"].T if "student_valid" in batch else None
     teacher_temp = scheds.teacher_temp(step)
 
     def student_logits(params, images, mask, rng, groups):
@@ -70,7 +73,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                                  grouped(views.student_local_groups, "student_local"))
         s = jnp.concatenate([s, s_local], axis=0)
       out = loss_lib.dino_loss(s, teacher_logits, state.centers, student_temp=d.student_temp,
-                               teacher_temp=teacher_temp, alpha=d.alpha)
+                               teacher_temp=teacher_temp, alpha=d.alpha,
+                               teacher_valid=teacher_valid, student_valid=student_valid)
       return out.loss, out
 
     (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.student)
@@ -83,7 +87,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                            state.teacher, student)
     centers, count_h = loss_lib.update_centers(
         teacher_logits, batch["label"], state.centers, high_freq_classes=d.high_freq_classes,
-        momentum=d.center_momentum, momentum_h=d.center_h_momentum)
+        momentum=d.center_momentum, momentum_h=d.center_h_momentum, teacher_valid=teacher_valid)
 
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
@@ -103,6 +107,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
         "teacher_temp": teacher_temp,
         "center_norm": jnp.linalg.norm(centers.c), "center_h_norm": jnp.linalg.norm(centers.c_h),
         "center_h_count": count_h, "finite": finite,
+        "dropped_views": (jnp.zeros((), jnp.int32) if teacher_valid is None else
+                          jnp.sum(~teacher_valid) + jnp.sum(~student_valid)),
         "pair_loss_sums": pair_sums, "pair_loss_counts": pair_counts,
         **loss_lib.collapse_stats(out.teacher_probs),
     }

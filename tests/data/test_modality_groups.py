@@ -41,7 +41,8 @@ def test_balance_exact_sizes_consistent_masks(block, v):
   rng = np.random.default_rng(block * 10 + v)
   for _ in range(50):
     avail = np.ones((block, 3), bool)
-    masks, groups = mg.balance_family(rng, _draws(rng, cfg, avail, v), avail, probs)
+    masks, groups, valid = mg.balance_family(rng, _draws(rng, cfg, avail, v), avail, probs)
+    assert valid.all()
     sizes = mg.group_sizes(block * v, probs)
     assert tuple(np.bincount(groups.ravel(), minlength=4)) == sizes
     kinds = mg.groups_of(masks)
@@ -58,27 +59,49 @@ def test_proportions_match_method_draws():
   counts = np.zeros(4)
   for _ in range(400):
     avail = np.ones((2, 3), bool)
-    masks, _ = mg.balance_family(rng, _draws(rng, cfg, avail, 2), avail, probs)
+    masks, _, _ = mg.balance_family(rng, _draws(rng, cfg, avail, 2), avail, probs)
     counts += np.bincount(mg.groups_of(masks).ravel(), minlength=4)
   np.testing.assert_allclose(counts / counts.sum(), probs, atol=0.025)
 
 
-def test_availability_respected_and_infeasible_block_is_named():
+def _check_block(masks, groups, valid, avail, v, sizes):
+  assert tuple(np.bincount(groups.ravel(), minlength=4)) == sizes
+  tile_avail = np.repeat(avail[:, None, :], v, axis=1)
+  ok = valid
+  assert not (masks[ok] & ~tile_avail[ok]).any(), "a kept view uses a modality its tile lacks"
+  single = (groups < mg.FUSED) & ok
+  np.testing.assert_array_equal(mg.groups_of(masks)[single], groups[single])
+
+
+def test_availability_respected_and_unservable_views_dropped_not_refused():
   cfg = crops_lib.CropConfig()
   probs = mg.group_probabilities(cfg)
   rng = np.random.default_rng(5)
-  # Half the tiles lack S1: S1 views come only from the others, multi views never use S1 there.
+  sizes = mg.group_sizes(48, probs)
+  # Half the tiles lack S1: S1 views come only from the others; nothing is dropped.
   avail = np.array([[True, True, True], [False, True, True]] * 4)
   for _ in range(30):
-    masks, groups = mg.balance_family(rng, _draws(rng, cfg, avail, 6), avail, probs)
-    no_s1 = np.repeat(~avail[:, 0:1], 6, axis=1)
-    assert not masks[no_s1][:, 0].any()
-    assert tuple(np.bincount(groups.ravel(), minlength=4)) == mg.group_sizes(48, probs)
-  # Only L1C anywhere: the S1 / L2A single groups cannot be filled.
+    avail_draw = avail.copy()
+    masks, groups, valid = mg.balance_family(rng, _draws(rng, cfg, avail_draw, 6), avail, probs)
+    assert valid.all()
+    _check_block(masks, groups, valid, avail, 6, sizes)
+  # Two tiles of eight have S1 (12 views for a group of 8): served by conversions, none dropped.
+  two = np.array([[True, True, True]] * 2 + [[False, True, True]] * 6)
+  for _ in range(30):
+    masks, groups, valid = mg.balance_family(rng, _draws(rng, cfg, two, 6), two, probs)
+    assert valid.all()
+    _check_block(masks, groups, valid, two, 6, sizes)
+  # One tile: its 6 views all become single-S1 views and 2 more are left out of the loss.
+  one = np.array([[True, True, True]] + [[False, True, True]] * 7)
+  masks, groups, valid = mg.balance_family(rng, _draws(rng, cfg, one, 6), one, probs)
+  _check_block(masks, groups, valid, one, 6, sizes)
+  assert (~valid).sum() == sizes[0] - 6 and (groups[0] == 0).all()
+  # No tile with S1 or L2A: those groups are filled with views left out of the loss, counted.
   only = np.array([[False, True, False]] * 8)
-  with pytest.raises(ValueError, match=r"block at global sample 96.*modality_groups=False"):
-    mg.balance_family(rng, _draws(rng, cfg, only, 6), only, probs,
-                      where=" (block at global sample 96)")
+  masks, groups, valid = mg.balance_family(rng, _draws(rng, cfg, only, 6), only, probs)
+  _check_block(masks, groups, valid, only, 6, sizes)
+  assert (~valid).sum() == sizes[0] + sizes[2]
+  assert set(groups[~valid].ravel()) == {0, 2}
 
 
 def test_balance_batch_independent_of_process_split():
@@ -156,3 +179,35 @@ def test_group_block_must_divide_per_shard_batch():
     data_source.group_block(c, device_count=1)
   c.data.modality_groups = False
   assert data_source.group_block(c, device_count=1) == 0
+
+
+def test_dropped_views_leave_loss_and_centers_untouched():
+  import jax
+  import jax.numpy as jnp
+  from terrafm_jax.train import loss as loss_lib
+  rng = np.random.default_rng(0)
+  g, v, b, k = 2, 4, 3, 16
+  t = jnp.asarray(rng.standard_normal((g, b, k)), jnp.float32)
+  s = jnp.asarray(rng.standard_normal((v, b, k)), jnp.float32)
+  c = loss_lib.Centers(jnp.asarray(rng.standard_normal(k), jnp.float32), jnp.zeros(k))
+  kw = dict(student_temp=0.1, teacher_temp=0.04, alpha=0.8)
+  base = loss_lib.dino_loss(s, t, c, **kw).loss
+  ones = loss_lib.dino_loss(s, t, c, teacher_valid=jnp.ones((g, b), bool),
+                            student_valid=jnp.ones((v, b), bool), **kw).loss
+  np.testing.assert_allclose(float(ones), float(base), rtol=1e-6)
+  sv = jnp.ones((v, b), bool).at[3, 1].set(False)
+  a = loss_lib.dino_loss(s, t, c, student_valid=sv, **kw).loss
+  s_bad = s.at[3, 1].set(1e3)  # garbage at the dropped view changes nothing
+  a_bad = loss_lib.dino_loss(s_bad, t, c, student_valid=sv, **kw).loss
+  assert float(a) == float(a_bad) and abs(float(a) - float(base)) > 1e-6
+  tv = jnp.ones((g, b), bool).at[0, 2].set(False)
+  labels = jnp.asarray([0, 2, 0])
+  kwc = dict(high_freq_classes=(0,), momentum=0.9, momentum_h=0.9)
+  c1, n1 = loss_lib.update_centers(t, labels, c, teacher_valid=tv, **kwc)
+  c2, n2 = loss_lib.update_centers(t.at[0, 2].set(1e3), labels, c, teacher_valid=tv, **kwc)
+  np.testing.assert_array_equal(np.asarray(c1.c), np.asarray(c2.c))
+  np.testing.assert_array_equal(np.asarray(c1.c_h), np.asarray(c2.c_h))
+  assert float(n1) == float(n2) == 3.0  # label-0 samples 0 and 2, 2 views each, minus the dropped
+  c0, _ = loss_lib.update_centers(t, labels, c, teacher_valid=jnp.ones((g, b), bool), **kwc)
+  c_ref, _ = loss_lib.update_centers(t, labels, c, **kwc)
+  np.testing.assert_allclose(np.asarray(c0.c), np.asarray(c_ref.c), rtol=1e-6)
