@@ -13,8 +13,8 @@ each timed call follows an untimed call of the same side, see train_steps):
   model.drop_path_rate=--drop_path_rate (default 0: the PyTorch encoder has no drop path).
   data.modalities=("s2_l1c",) and every view's modality mask is set to S2 L1C only, so every
   sample takes the single-modality (case 1) path. The timed JAX call includes, on the device:
-  normalisation of the raw tiles and the bicubic antialiased crops (for all three modalities: the
-  step's graph is static, views carry every modality), the teacher and student forwards, the
+  normalisation of the raw tiles and the bicubic antialiased crops (of the modalities some view
+  can use: here S2 L1C only), the teacher and student forwards, the
   dual-centered loss, backward, per-tensor clipping, AdamW, EMA teacher, center updates, the
   non-finite guard and the step metrics. With modality groups (data.modality_groups, default)
   and data.modalities=("s2_l1c",) every view is in the single-L1C group, so the step runs the L1C
@@ -26,7 +26,8 @@ each timed call follows an untimed call of the same side, see train_steps):
   backward, per-tensor clipping, last-layer gradient dropped (both sides are in DINO's first epoch),
   AdamW, EMA teacher, center updates. Both sides start from the same numpy batch.
 * `crops+normalise` -- the part of the step above that makes the views, timed alone: JAX jits
-  `views.make_views` (three modalities, 26 channels, as inside the step); PyTorch times its own
+  `views.make_views` with the modalities the step crops (views.needed_modalities: with
+  data.modalities=("s2_l1c",) and modality groups only S2 L1C, 12 channels); PyTorch times its own
   crop code inside each step (S2 L1C only, 12 channels). Included in `train step` on both sides.
 * `encoder forward` (B/16 only) -- batch --batch, 224 px, 12 channels, S2 L1C stem, CLS output:
   JAX `jax.jit(build_encoder(...).apply)` on a single-modality input (the released path, no fusion),
@@ -59,6 +60,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from terrafm_jax.data import modality_groups  # noqa: E402
 from terrafm_jax.data.contract import DEFAULT_CONTRACT, MODALITIES  # noqa: E402
 from terrafm_jax.models import terrafm  # noqa: E402
 from terrafm_jax.train import data_source, metrics, optim, schedules, sharding  # noqa: E402
@@ -151,8 +153,12 @@ class JaxStep:
     fn = jax.jit(step_lib.make_train_step(model, tx, scheds, config, DEFAULT_CONTRACT),
                  in_shardings=(sh, {k: v.sharding for k, v in self.batches[0].items()}),
                  donate_argnums=(0,))
+    block = data_source.group_block(config)
+    quotas = (modality_groups.family_quotas(data_source.crop_config(config), block) if block
+              else {"all": None})
+    mods = views_lib.needed_modalities(quotas)
     views_fn = jax.jit(lambda b: views_lib.make_views(b, DEFAULT_CONTRACT, config.data,
-                                                      jnp.dtype(config.model.dtype)))
+                                                      jnp.dtype(config.model.dtype), mods))
     with jax.set_mesh(mesh), __import__("flax").linen.logical_axis_rules(rules):
       t0 = time.perf_counter()
       self.compiled = fn.lower(self.state, self.batches[0]).compile()
@@ -327,7 +333,7 @@ def print_table(rows, info, args):
       print(f"{r['variant']} model FLOPs/step (metrics.step_flops): JAX {r['jax_model_flops'] / 1e9:.0f} G "
             f"(what the step runs), PyTorch {r['torch_model_flops'] / 1e9:.0f} G "
             f"(1 stem); per-FLOP ratio {r['ratio'] * r['jax_model_flops'] / r['torch_model_flops']:.2f}x")
-  print("train step: JAX = whole jitted step incl. on-device normalise + crops of 3 modalities, "
+  print("train step: JAX = whole jitted step incl. on-device normalise + crops of the used modalities, "
         "modality-grouped stems (static graph), metrics; PyTorch = same DINO step, 1 modality/stem, "
         "crops by F.interpolate. crops+normalise: that part alone (included in train step). "
         "Host->device transfer not timed.")

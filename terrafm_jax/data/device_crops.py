@@ -23,11 +23,12 @@ import jax.numpy as jnp
 from terrafm_jax.data import contract as contract_lib
 
 
-def normalize_tiles(batch: Mapping[str, jax.Array], contract: contract_lib.InputContract
+def normalize_tiles(batch: Mapping[str, jax.Array], contract: contract_lib.InputContract,
+                    modalities: tuple[str, ...] = contract_lib.MODALITIES
                     ) -> dict[str, jax.Array]:
-  """(x - mean) / std per band in f32; S2 nodata (DN 0) -> 0 (= band mean)."""
+  """(x - mean) / std per band in f32; S2 nodata (DN 0) -> 0 (= band mean). Only `modalities`."""
   out = {}
-  for m in contract_lib.MODALITIES:
+  for m in modalities:
     x = jnp.asarray(batch[m]).astype(jnp.float32)
     mc = contract[m]
     y = (x - jnp.asarray(mc.mean, jnp.float32)) / jnp.asarray(mc.std, jnp.float32)

@@ -152,9 +152,13 @@ class PatchEmbed(nn.Module):
     """
     if groups is None or modality_mask is None:
       raise ValueError("grouped patch embedding needs both `groups` and `modality_mask`")
-    if any(m not in images for m in MODALITIES):
-      raise ValueError(f"grouped patch embedding needs images of every modality {MODALITIES}")
     per_block = sum(group_sizes)
+    used = MODALITIES if group_sizes[-1] else tuple(
+        m for m, size in zip(MODALITIES, group_sizes) if size)
+    missing = [m for m in used if m not in images]
+    if missing:
+      raise ValueError(f"grouped patch embedding with group sizes {tuple(group_sizes)} needs "
+                       f"images of {missing}")
     b = groups.shape[0]
     if len(group_sizes) != len(MODALITIES) + 1 or per_block == 0 or b % per_block:
       raise ValueError(f"group_sizes {tuple(group_sizes)} (s1, s2_l1c, s2_l2a, fused per block) do "

@@ -47,7 +47,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     step = state.step
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), step)
     k_global, k_local = jax.random.split(key)
-    views = views_lib.make_views(batch, contract, config.data, compute_dtype)
+    views = views_lib.make_views(batch, contract, config.data, compute_dtype,
+                                 modalities=views_lib.needed_modalities(quotas))
     b = batch["label"].shape[0]
 
     teacher_logits = model.apply({"params": state.teacher}, views.global_images,

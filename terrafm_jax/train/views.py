@@ -45,15 +45,29 @@ def per_view(x: jax.Array, batch: int) -> jax.Array:
   return jnp.swapaxes(x.reshape((batch, -1) + x.shape[1:]), 0, 1)
 
 
+def needed_modalities(quotas: Mapping[str, tuple[int, ...] | None]) -> tuple[str, ...]:
+  """The modalities any view can use, from the static modality-group sizes of every family (None:
+  groups off, every modality): a modality whose single group and the fused group are empty in
+  every family is never read, so its tiles are neither normalised nor cropped."""
+  if any(q is None for q in quotas.values()):
+    return MODALITIES
+  if any(q[len(MODALITIES)] for q in quotas.values()):
+    return MODALITIES
+  return tuple(m for i, m in enumerate(MODALITIES) if any(q[i] for q in quotas.values()))
+
+
 def make_views(batch: Mapping[str, jax.Array], contract: InputContract,
-               data_cfg: ml_collections.ConfigDict, compute_dtype: Any) -> Views:
+               data_cfg: ml_collections.ConfigDict, compute_dtype: Any,
+               modalities: tuple[str, ...] = MODALITIES) -> Views:
+  """`modalities`: the ones to crop (needed_modalities); the others are absent from the views."""
   n_g = data_cfg.n_global
-  tiles = device_crops.normalize_tiles({m: batch[m] for m in MODALITIES}, contract)
+  tiles = device_crops.normalize_tiles({m: batch[m] for m in MODALITIES}, contract,
+                                       modalities=modalities)
 
   def crops(lo, hi, size):
     out = device_crops.crop_views(tiles, batch["boxes"][:, lo:hi], batch["flip"][:, lo:hi],
                                   out_size=size)
-    return {m: sample_major(out[m]).astype(compute_dtype) for m in MODALITIES}
+    return {m: sample_major(out[m]).astype(compute_dtype) for m in modalities}
 
   n_views = batch["boxes"].shape[1]
   smask = batch["student_masks"]

@@ -211,3 +211,28 @@ def test_dropped_views_leave_loss_and_centers_untouched():
   c0, _ = loss_lib.update_centers(t, labels, c, teacher_valid=jnp.ones((g, b), bool), **kwc)
   c_ref, _ = loss_lib.update_centers(t, labels, c, **kwc)
   np.testing.assert_allclose(np.asarray(c0.c), np.asarray(c_ref.c), rtol=1e-6)
+
+
+def test_only_needed_modalities_are_cropped():
+  import jax
+  import jax.numpy as jnp
+  from terrafm_jax.models.terrafm import TerraFMEncoder
+  from terrafm_jax.train import views as views_lib
+  one = crops_lib.CropConfig(modalities=("s2_l1c",))
+  q = mg.family_quotas(one, 4)
+  assert views_lib.needed_modalities(q) == ("s2_l1c",)
+  assert views_lib.needed_modalities(mg.family_quotas(crops_lib.CropConfig(), 4)) == \
+      ("s1", "s2_l1c", "s2_l2a")
+  assert views_lib.needed_modalities({"x": None}) == ("s1", "s2_l1c", "s2_l2a")
+  # The grouped encoder runs on the L1C images alone when no group reads the others.
+  enc = TerraFMEncoder(variant="Mu/8", img_size=32)
+  x = jax.random.normal(jax.random.PRNGKey(0), (8, 32, 32, 12))
+  mask = jnp.zeros((8, 3), bool).at[:, 1].set(True)
+  params = enc.init(jax.random.PRNGKey(1), {"s2_l1c": x}, mask)
+  sizes = q["teacher"]
+  assert sizes == (0, 8, 0, 0)
+  out = enc.apply(params, {"s2_l1c": x}, mask, groups=jnp.ones(8, jnp.int8), group_sizes=sizes)
+  ref = enc.apply(params, {"s2_l1c": x})
+  np.testing.assert_allclose(np.asarray(out["cls"]), np.asarray(ref["cls"]), atol=1e-5)
+  with pytest.raises(ValueError, match="needs images of"):
+    enc.apply(params, {"s2_l1c": x}, mask, groups=jnp.ones(8, jnp.int8), group_sizes=(0, 4, 0, 4))
