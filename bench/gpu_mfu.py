@@ -16,31 +16,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import tempfile
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_OOM = ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory", "OOM")
+sys.path.insert(0, os.path.join(_ROOT, "bench"))
+
+import step_runner  # noqa: E402  (bench/ helper)
 
 
 def run(args, batch: int) -> dict | None:
-  with tempfile.TemporaryDirectory() as tmp:
-    out = os.path.join(tmp, "point.json")
-    cmd = [sys.executable, os.path.join(_ROOT, "bench", "train_step.py"),
-           f"--config={os.path.join(_ROOT, 'configs', 'terrafm_b.py')}:{args.variant}",
-           f"--config.global_batch_size={batch}", "--config.model.dtype=bfloat16",
+  flags = [f"--config.global_batch_size={batch}", "--config.model.dtype=bfloat16",
            f"--config.data.group_block={min(batch, 64)}",
-           f"--config.data.builtin.tile_size={args.tile_size}",
-           f"--steps={args.steps}", f"--json_out={out}"]
-    env = dict(os.environ, PYTHONPATH=_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-    if proc.returncode:
-      if any(s in proc.stderr for s in _OOM):
-        return None
-      raise SystemExit(f"batch {batch} failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
-    with open(out, encoding="utf-8") as f:
-      return json.load(f)
+           f"--config.data.builtin.tile_size={args.tile_size}"]
+  try:
+    return step_runner.run_train_step(args.variant, flags, args.steps, what=f"batch {batch}")
+  except step_runner.OutOfMemory:
+    return None
 
 
 def main():

@@ -19,35 +19,26 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import tempfile
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(_ROOT, "bench"))
+
+import step_runner  # noqa: E402  (bench/ helper)
 
 
 def run_point(args, n: int) -> dict:
-  with tempfile.TemporaryDirectory() as tmp:
-    out = os.path.join(tmp, "point.json")
-    g = int(224 * args.crop_scale) // 16 * 16
-    loc = max(int(96 * args.crop_scale) // 16 * 16, 16)
-    cmd = [sys.executable, os.path.join(_ROOT, "bench", "train_step.py"),
-           f"--config={os.path.join(_ROOT, 'configs', 'terrafm_b.py')}:{args.variant}",
-           f"--config.global_batch_size={n * args.per_device}", f"--config.mesh.data={n}",
+  g = int(224 * args.crop_scale) // 16 * 16
+  loc = max(int(96 * args.crop_scale) // 16 * 16, 16)
+  flags = [f"--config.global_batch_size={n * args.per_device}", f"--config.mesh.data={n}",
            "--config.mesh.fsdp=1", "--config.mesh.model=1", "--config.model.dtype=float32",
            f"--config.data.group_block={args.per_device}",
            f"--config.data.global_size={g}", f"--config.data.local_size={loc}",
-           f"--config.model.img_size={g}",
-           f"--config.data.builtin.tile_size={g + 32}",
-           f"--config.model.head.out_dim={args.prototypes}",
-           f"--steps={args.steps}", f"--json_out={out}"]
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}",
-               PYTHONPATH=_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-    if proc.returncode:
-      raise SystemExit(f"{n} devices failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
-    with open(out, encoding="utf-8") as f:
-      return json.load(f)
+           f"--config.model.img_size={g}", f"--config.data.builtin.tile_size={g + 32}",
+           f"--config.model.head.out_dim={args.prototypes}"]
+  return step_runner.run_train_step(
+      args.variant, flags, args.steps, what=f"{n} devices",
+      env={"XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"})
 
 
 def main():
