@@ -47,7 +47,7 @@ def op_events(trace_dir: str):
           yield ev.name, ev.duration_ns, line.name, stats
 
 
-def summarize(events, hlo_kinds: dict[str, str]):
+def summarize(events):
   total = collections.Counter()
   count = collections.Counter()
   for name, dur, _, _ in events:
@@ -105,7 +105,7 @@ def main():
   events = list(op_events(args.trace_dir))
   if not events:
     raise SystemExit(f"the trace in {args.trace_dir} holds no XLA op events")
-  total, count = summarize(events, kinds)
+  total, count = summarize(events)
   all_ns = sum(total.values())
   print(f"step wall {wall:.3f} s (traced); summed op time {all_ns / 1e9 / args.steps:.3f} s/step "
         f"over all threads; {len(total)} distinct ops")

@@ -120,13 +120,11 @@ def _draw_in_group(rng: np.random.Generator, group: int, avail: np.ndarray) -> n
 
 
 def balance_family(rng: np.random.Generator, masks: np.ndarray, available: np.ndarray,
-                   probs: np.ndarray, where: str = ""
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                   probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """One (block, family): masks (b, v, 3) drawn per sample, available (b, 3) (already restricted
   to the allowed modalities), probs (4,) -> (masks, groups (b, v) int8, valid (b, v) bool) with
   exactly group_sizes(b * v, probs) slots per compute group (module docstring). `valid` is False
   only for a view that the block cannot serve (rule 4): it is computed, and left out of the loss."""
-  del where  # kept for call sites that name the block; nothing here refuses a block any more
   b, v, _ = masks.shape
   n = b * v
   flat = masks.reshape(n, NUM_MODALITIES).copy()
@@ -195,14 +193,13 @@ def balance_batch(batch: dict, cfg: crops_lib.CropConfig, block: int, seed: int,
     hi = lo + block
     pos = first_position + lo
     rng = np.random.default_rng([seed, 4, pos])
-    where = f" (block at global sample {pos})"
     tmask[lo:hi], tgrp[lo:hi], tval[lo:hi] = balance_family(
-        rng, tmask[lo:hi], avail[lo:hi], probs, where)
+        rng, tmask[lo:hi], avail[lo:hi], probs)
     smask[lo:hi, :n_g], sgrp[lo:hi, :n_g], sval[lo:hi, :n_g] = balance_family(
-        rng, smask[lo:hi, :n_g], avail[lo:hi], probs, where)
+        rng, smask[lo:hi, :n_g], avail[lo:hi], probs)
     if smask.shape[1] > n_g:
       smask[lo:hi, n_g:], sgrp[lo:hi, n_g:], sval[lo:hi, n_g:] = balance_family(
-          rng, smask[lo:hi, n_g:], avail[lo:hi], probs, where)
+          rng, smask[lo:hi, n_g:], avail[lo:hi], probs)
   out.update(student_masks=smask, teacher_masks=tmask, student_groups=sgrp, teacher_groups=tgrp,
              student_valid=sval, teacher_valid=tval)
   return out
