@@ -39,6 +39,8 @@ setup(
         # gs:// workdirs and data through etils.epath (Orbax writes arrays with TensorStore).
         "gcsfs>=2024.2",
         "h5py>=3.11",
+        # Evaluation plots (results.png, confusion matrices, predicted masks); Agg backend, no screen.
+        "matplotlib>=3.8",
     ],
     extras_require={
         # Accelerator builds of the same jax release (pip install -e ".[tpu]" on a pod worker).

@@ -22,6 +22,10 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   # torch first and exactly: the CPU wheel on this platform; anything looser pulls a CUDA build.
   "$venv/bin/python" -m pip install --quiet "torch==2.13.0"
   "$venv/bin/python" -m pip install --quiet -e ".[torch,test]"
+  # The GEO-Bench tests write their fixtures with the real `geobench` package; its metadata pins
+  # pandas<2 (a downgrade that breaks numpy 2), while the modules used need only h5py, numpy,
+  # rasterio, scipy and tqdm, all installed above.
+  "$venv/bin/python" -m pip install --quiet --no-deps "geobench==1.0.0"
   echo "$want" > "$stamp"
 fi
 
