@@ -91,18 +91,28 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any, data
   return out[STATE]
 
 
-def restore_contract(ckpt_dir: str, step: int | None = None) -> InputContract:
-  """The input contract a run trained with, from `<workdir>/checkpoints`."""
+def _restore_json(ckpt_dir: str, item: str, step: int | None) -> tuple[Any, int]:
   directory = workdir_lib.resolve(ckpt_dir)
   with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
-                             item_handlers={CONTRACT: ocp.JsonCheckpointHandler()}) as mngr:
+                             item_handlers={item: ocp.JsonCheckpointHandler()}) as mngr:
     step = mngr.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no complete checkpoint in {ckpt_dir}")
-    out = mngr.restore(step, args=ocp.args.Composite(**{CONTRACT: ocp.args.JsonRestore()}))
-  if out[CONTRACT] is None:
-    raise ValueError(f"{ckpt_dir}: checkpoint step {step} holds no input contract")
-  return InputContract.from_dict(out[CONTRACT], where=f"{ckpt_dir} step {step}")
+    out = mngr.restore(step, args=ocp.args.Composite(**{item: ocp.args.JsonRestore()}))
+  if out[item] is None:
+    raise ValueError(f"{ckpt_dir}: checkpoint step {step} holds no {item}")
+  return out[item], step
+
+
+def restore_contract(ckpt_dir: str, step: int | None = None) -> InputContract:
+  """The input contract a run trained with, from `<workdir>/checkpoints`."""
+  d, step = _restore_json(ckpt_dir, CONTRACT, step)
+  return InputContract.from_dict(d, where=f"{ckpt_dir} step {step}")
+
+
+def restore_config(ckpt_dir: str, step: int | None = None) -> tuple[dict[str, Any], int]:
+  """(the run's config as saved in the checkpoint (a dict), the step it came from)."""
+  return _restore_json(ckpt_dir, CONFIG, step)
 
 
 def restore_subtree(ckpt_dir: str, key: str = "teacher", step: int | None = None,
