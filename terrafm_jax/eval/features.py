@@ -14,6 +14,7 @@ task, split) never re-run the encoder.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -91,9 +92,23 @@ def model_batches(split: EvalSplit, plans, contract, batch_size: int, num_thread
     yield emit(buf)
 
 
+_FORWARDS: dict[tuple[Any, ...], Any] = {}
+
+
 def make_forward(weights: Weights, stems: Sequence[str], input_size: int, what: Sequence[str],
                  out_indices: Sequence[int] = ()):
-  """jit(params, inputs) -> {output: array}; inputs resized to `input_size` on the device."""
+  """jit(params, inputs) -> {output: array}; inputs resized to `input_size` on the device.
+
+  Memoised per (model config, stems, size, outputs), so repeated extractions (in-loop evaluation,
+  every split of a task) reuse one compiled function.
+  """
+  key = (weights.model_config.to_json(), tuple(stems), input_size, tuple(what), tuple(out_indices))
+  if key not in _FORWARDS:
+    _FORWARDS[key] = _build_forward(weights, stems, input_size, what, out_indices)
+  return _FORWARDS[key]
+
+
+def _build_forward(weights: Weights, stems, input_size, what, out_indices):
   model = weights.encoder()
   p = model.dims["patch_size"]
   layers = tuple(out_indices) if "layers" in what else ()
@@ -118,10 +133,15 @@ def make_forward(weights: Weights, stems: Sequence[str], input_size: int, what: 
   return forward
 
 
-def _cache_dir(cache_dir: str, weights: Weights, split: EvalSplit, input_size: int) -> str:
+def _cache_dir(cache_dir: str, weights: Weights, split: EvalSplit, input_size: int,
+               plans) -> str:
+  """One folder per (weights, contract, task, split, partition, size, band table)."""
   tag = f"{weights.provenance['params_digest']}-{weights.provenance['contract_digest']}"
   task = split.task.replace("/", "__")
-  return os.path.join(cache_dir, tag, task, f"{split.split}-{split.partition}-{input_size}px")
+  table = hashlib.sha256(repr(plans).encode()).hexdigest()[:8]
+  stems = "+".join(p.stem for p in plans)
+  return os.path.join(cache_dir, tag, task,
+                      f"{split.split}-{split.partition}-{input_size}px-{stems}-{table}")
 
 
 def _load_cached(folder: str, what: Sequence[str]) -> Features | None:
@@ -151,7 +171,7 @@ def extract(weights: Weights, split: EvalSplit, mappings, *, input_size: int | N
   native = first[plans[0].group].shape[0]
   input_size = input_size_for(native, patch, input_size)
   out_indices = tuple(out_indices if out_indices is not None else weights.model_config.out_indices)
-  folder = _cache_dir(cache_dir, weights, split, input_size) if cache_dir else None
+  folder = _cache_dir(cache_dir, weights, split, input_size, plans) if cache_dir else None
   if folder:
     cached = _load_cached(folder, what)
     if cached is not None:

@@ -147,9 +147,11 @@ def _json_default(o):
 
 def rgb_composite(sample: dict[str, np.ndarray], inputs) -> np.ndarray:
   """(H, W, 3) float in [0, 1] for display: B04/B03/B02 (S2, 2-98 % stretch) or VV/VH/VV-VH (S1)."""
-  if "s2" in inputs and all(b in inputs["s2"].bands for b in ("B04", "B03", "B02")):
-    bands = inputs["s2"].bands
-    x = np.stack([sample["s2"][..., bands.index(b)] for b in ("B04", "B03", "B02")], -1)
+  rgb = ("B04", "B03", "B02")
+  s2 = [g for g, src in inputs.items() if all(b in src.bands for b in rgb)]
+  if s2:
+    bands = inputs[s2[0]].bands
+    x = np.stack([sample[s2[0]][..., bands.index(b)] for b in rgb], -1)
   else:
     group = next(iter(inputs))
     x = np.asarray(sample[group], np.float64)

@@ -67,8 +67,10 @@ _ALL = (
         {"knn@default": 55.1, "knn@0.01x_train": 41.6, "finetune@default": 64.9}),
     _gb("m-brick-kiln", _L1C_13, ("knn", "finetune"), "accuracy",
         {"knn@default": 94.5, "knn@0.01x_train": 85.6, "finetune@default": 98.7}),
-    _gb("m-cashew-plantation", _L1C_13, ("seg_linear",), "miou", {"seg_linear@default": 34.1}),
-    _gb("m-SA-crop-type", _L1C_13, ("seg_linear",), "miou", {"seg_linear@default": 33.0}),
+    # Cashew and SA-crop-type store 12 S2 bands (no B10: L2A products) plus a cloud-probability
+    # band that the reader leaves out, so they take the L2A stem.
+    _gb("m-cashew-plantation", _L2A_12, ("seg_linear",), "miou", {"seg_linear@default": 34.1}),
+    _gb("m-SA-crop-type", _L2A_12, ("seg_linear",), "miou", {"seg_linear@default": 33.0}),
     # Copernicus-Bench: frozen encoder, linear classifier / UPerNet head ([CB], METHOD.md 7).
     _cb("cloud_s2", _L1C_13, ("seg_upernet",), "miou", {"seg_upernet@default": 67.9}),
     _cb("eurosat_s1", _S1, ("linear",), "accuracy", {"linear@default": 87.8}),

@@ -1,0 +1,58 @@
+"""Shared fixtures of the evaluation tests: a trained workdir, its export, the eo_samples folder."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+EO_SAMPLES = os.path.normpath(os.path.join(REPO, "..", "shared", "eo_samples"))
+
+
+def subprocess_env() -> dict[str, str]:
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = ("--xla_force_host_platform_device_count=1 "
+                      "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
+  env["JAX_PLATFORMS"] = "cpu"
+  env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+  env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  return env
+
+
+def run_module(module: str, args, expect_rc: int = 0, timeout: float = 300):
+  proc = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=subprocess_env(),
+                        capture_output=True, text=True, timeout=timeout)
+  if proc.returncode != expect_rc:
+    pytest.fail(f"{module} {args} exited {proc.returncode}, expected {expect_rc}:\n"
+                f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+  return proc
+
+
+@pytest.fixture(scope="session")
+def eo_samples() -> str:
+  if not os.path.isdir(os.path.join(EO_SAMPLES, "terramind_majortom")):
+    pytest.skip(f"real EO samples not found at {EO_SAMPLES}")
+  return EO_SAMPLES
+
+
+@pytest.fixture(scope="session")
+def trained_workdir(tmp_path_factory) -> str:
+  """A few steps of the smoke config (random data) -> a workdir with checkpoints."""
+  wd = str(tmp_path_factory.mktemp("eval_workdir") / "run")
+  run_module("terrafm_jax.train", ["--config=configs/smoke.py:test", f"--workdir={wd}"])
+  return wd
+
+
+@pytest.fixture(scope="session")
+def exported_pth(trained_workdir, tmp_path_factory) -> str:
+  out = str(tmp_path_factory.mktemp("eval_export") / "teacher.pth")
+  run_module("terrafm_jax.export", ["released", "--workdir", trained_workdir, "--out", out])
+  return out
+
+
+@pytest.fixture
+def run_mod():
+  """`run_module` as a fixture (test modules cannot import conftest under importlib mode)."""
+  return run_module
