@@ -41,6 +41,10 @@ setup(
         "h5py>=3.11",
         # Evaluation plots (results.png, confusion matrices, predicted masks); Agg backend, no screen.
         "matplotlib>=3.8",
+        # Major-TOM embedding parquet: WKB footprints and GeoParquet metadata geopandas reads.
+        "shapely>=2.0",
+        "geopandas>=1.0",
+        "pyproj>=3.6",
     ],
     extras_require={
         # Accelerator builds of the same jax release (pip install -e ".[tpu]" on a pod worker).

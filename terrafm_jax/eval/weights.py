@@ -127,6 +127,10 @@ def _from_file(path: str, variant: str | None, seed: int) -> Weights:
       raise ValueError(f"{contract_file}: no 'contract' key (not a terrafm-jax contract file)")
     contract = InputContract.from_dict(meta["contract"], where=contract_file)
     contract_source = contract_file
+    said = meta.get("model", {}).get("variant")
+    if said and variants.decode_variant(said) != variants.decode_variant(model_config.variant):
+      raise ValueError(f"{contract_file} describes a {said} model, but {path} holds a "
+                       f"{model_config.variant} encoder: the contract file belongs to other weights")
   else:
     logging.warning("%s has no %s beside it: using the built-in input contract (the published "
                     "TerraFM weights come without normalisation statistics)", path,
