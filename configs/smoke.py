@@ -49,6 +49,12 @@ def get_config(arg: str | None = None):
   c.knn.modality = "all"
   c.knn.k = 20
   c.data.group_block = 4                     # divides the per-shard batch on 1 to 8 devices
+  # Real pixels during training: k-NN on land-cover patches of ../shared/eo_samples every 240
+  # steps (eval/eosamples.py); disabled with a warning where that folder is absent.
+  c.eval.every_steps = 240
+  c.eval.task = "eosamples/lulc-s2_l2a"
+  c.eval.protocol = "knn"
+  c.eval.skip_if_missing = True
   if arg == "test":
     c.data.source = "random"
     c.data.num_examples = 4 * c.global_batch_size
@@ -61,6 +67,7 @@ def get_config(arg: str | None = None):
     c.checkpoint.every_steps = 2
     c.log_every_steps = 1
     c.knn.enabled = False
+    c.eval.every_steps = 0
   elif arg:
     raise ValueError(f"configs/smoke.py: unknown variant {arg!r} (expected '' or 'test')")
   return c

@@ -71,7 +71,9 @@ def open_splits(task: Task, root: str, partition: str, cfg) -> dict[str, EvalSpl
 
 
 def _features(weights, splits, task, what, cfg, progress):
-  cache = cfg.cache_dir or os.path.join(cfg.out_dir, "feature_cache")
+  # No cache for in-loop evaluation (config.cache_dir = "none"): the weights change every time.
+  cache = None if cfg.cache_dir == "none" else (
+      cfg.cache_dir or os.path.join(cfg.out_dir, "feature_cache"))
   size = cfg.input_size if cfg.input_size > 0 else task.input_size
   return {name: features_lib.extract(weights, s, task.stems, input_size=size, what=(what,),
                                      batch_size=cfg.batch_size, cache_dir=cache,
@@ -94,9 +96,10 @@ def _score_classification(task, kind, num_classes, pred, scores, y) -> tuple[flo
 
 def run(task: Task, protocol: str, weights: Weights, root: str,
         cfg: ml_collections.ConfigDict, *, partition: str = "default",
-        progress: bool = True) -> Row:
+        progress: bool = True, splits: dict[str, EvalSplit] | None = None) -> Row:
+  """`splits`: already opened splits (in-loop evaluation opens them once per run)."""
   check_protocol(task, protocol)
-  splits = open_splits(task, root, partition, cfg)
+  splits = splits or open_splits(task, root, partition, cfg)
   test = splits["test"]
   kind, num_classes = test.kind, test.num_classes
   details: dict[str, Any] = {"num_samples": {k: len(v) for k, v in splits.items()}}

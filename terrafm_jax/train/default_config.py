@@ -115,6 +115,13 @@ def get_base_config(variant: str = "B/16") -> ml_collections.ConfigDict:
       enabled=False, num_cells=32, seed=12345, k=20, temperature=0.07, modality="all",
       img_size=-1, batch_size=64))
 
+  # In-loop evaluation (terrafm_jax/eval/inloop.py): a benchmark task and protocol scored on the
+  # teacher every `every_steps` (0 = off), logged as eval/<task>/<protocol>. skip_if_missing: a
+  # missing data folder disables it with a warning instead of stopping the run.
+  c.eval = ml_collections.ConfigDict(dict(
+      every_steps=0, task="eosamples/lulc-s2_l2a", protocol="knn", data_root="",
+      partition="default", batch_size=64, max_samples=-1, skip_if_missing=False))
+
   # Test hooks: die with SIGKILL right after the step given (after its checkpoint save started,
   # or after it committed when die_after_commit) to test crash safety and exact resume;
   # nan_at_step poisons the inputs of that step (data.source="random" only); record_tiles adds
@@ -184,6 +191,12 @@ def _validate(c: ml_collections.ConfigDict) -> None:
   if c.knn.enabled and (c.knn.k <= 0 or c.knn.num_cells < 4):
     raise ValueError(f"config.knn needs k > 0 and num_cells >= 4, got k={c.knn.k}, "
                      f"num_cells={c.knn.num_cells}")
+  if c.eval.every_steps > 0:
+    from terrafm_jax.eval import inloop  # pylint: disable=g-import-not-at-top
+    try:
+      inloop.check_config(c)
+    except ValueError as e:
+      raise ConfigError(f"config.eval: {e}") from None
   if c.global_batch_size % 1:
     raise ValueError("config.global_batch_size must be an integer")
   if c.data.source == "pipeline" and not c.data.data_dir and not c.data.builtin.enabled:

@@ -184,6 +184,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     mem = metrics_lib.log_memory_analysis(compiled)
 
   hooks = metrics_lib.periodic_actions_for(config, workdir, writer, total_steps)
+  from terrafm_jax.eval import inloop  # pylint: disable=g-import-not-at-top
+  evaluator = inloop.maybe_create(config, contract)
   # Exposure of the whole global batch (every process' slice), exact from step 0 after a resume.
   exposure = metrics_lib.ClassExposure()
   for s0 in range(0, start_step, 1024):
@@ -248,6 +250,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       step += 1
       for h in hooks:
         h(step)
+      if evaluator is not None and (step % config.eval.every_steps == 0 or step == total_steps):
+        scores = evaluator(step, state.teacher["encoder"])  # before the next step donates it
+        if scores and is_main:
+          writer.write_scalars(step, scores)
+          workdir_lib.append_jsonl(jsonl, {"step": step, **scores})
       if step % config.log_every_steps == 0 or step == total_steps:
         pending = (step, dev_metrics)
       stop = preempt.stop_at(step)

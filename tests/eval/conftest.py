@@ -39,9 +39,12 @@ def eo_samples() -> str:
 
 @pytest.fixture(scope="session")
 def trained_workdir(tmp_path_factory) -> str:
-  """A few steps of the smoke config (random data) -> a workdir with checkpoints."""
+  """A few steps of the smoke config (random data) -> a workdir with checkpoints; in-loop k-NN on
+  the eo_samples patches every 16 steps (skipped with a warning where they are absent)."""
   wd = str(tmp_path_factory.mktemp("eval_workdir") / "run")
-  run_module("terrafm_jax.train", ["--config=configs/smoke.py:test", f"--workdir={wd}"])
+  run_module("terrafm_jax.train", ["--config=configs/smoke.py:test", f"--workdir={wd}",
+                                   "--config.eval.every_steps=16",
+                                   "--config.eval.skip_if_missing=True"])
   return wd
 
 

@@ -1,0 +1,114 @@
+"""Segmentation heads and their training loop: pixel order, resize / pooling semantics, the
+ignore_index mask, and both heads learning a synthetic task from features that encode it."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from terrafm_jax.eval import seg_heads, seg_train
+
+GRID, D, C = 4, 16, 3
+
+
+def test_patch_linear_head_pixel_order():
+  p = 3
+  head = seg_heads.PatchLinearHead(num_classes=C, patch_size=p)
+  tokens = np.zeros((2, GRID, GRID, D), np.float32)
+  params = jax.tree.map(jnp.zeros_like, head.init(jax.random.key(0), tokens)["params"])
+  # Feature 5 of a token drives output channel k p^2 + i p + j = class 2 at in-block pixel (1, 0).
+  k, i, j = 2, 1, 0
+  params["linear"]["kernel"] = params["linear"]["kernel"].at[5, k * p * p + i * p + j].set(1.0)
+  tokens[1, 2, 3, 5] = 7.0                       # sample 1, token row 2, column 3
+  out = np.asarray(head.apply({"params": params}, tokens))
+  assert out.shape == (2, GRID * p, GRID * p, C)
+  expected = np.zeros_like(out)
+  expected[1, 2 * p + i, 3 * p + j, k] = 7.0
+  np.testing.assert_array_equal(out, expected)
+
+
+def test_resize_and_adaptive_pool_match_pytorch():
+  torch = pytest.importorskip("torch")
+  f = torch.nn.functional
+  x = np.random.default_rng(0).standard_normal((2, 5, 7, 3)).astype(np.float32)
+  xt = torch.from_numpy(x).permute(0, 3, 1, 2)
+  for size in ((10, 14), (3, 4), (5, 7), (11, 6)):
+    for ac in (False, True):
+      ref = f.interpolate(xt, size=size, mode="bilinear", align_corners=ac).permute(0, 2, 3, 1)
+      got = seg_heads.resize_bilinear(jnp.asarray(x), size, align_corners=ac)
+      np.testing.assert_allclose(np.asarray(got), ref.numpy(), atol=1e-5, err_msg=f"{size} {ac}")
+  for s in (1, 2, 3, 6):
+    ref = f.adaptive_avg_pool2d(xt, s).permute(0, 2, 3, 1).numpy()
+    np.testing.assert_allclose(np.asarray(seg_heads.adaptive_avg_pool(jnp.asarray(x), s)), ref,
+                               atol=1e-5, err_msg=str(s))
+
+
+def test_ignored_pixels_give_no_loss_and_no_gradient():
+  rng = np.random.default_rng(0)
+  logits = jnp.asarray(rng.standard_normal((2, 4, 4, C)).astype(np.float32))
+  labels = rng.integers(0, C, (2, 4, 4))
+  labels[0, :2] = 255
+  labels[1, 3, 3] = 255
+  valid = labels != 255
+  loss, grad = jax.value_and_grad(seg_train.segmentation_loss)(logits, jnp.asarray(labels), 255)
+  grad = np.asarray(grad)
+  assert np.all(grad[~valid] == 0.0)
+  assert np.all(np.abs(grad[valid]).sum(-1) > 0)
+  lg = np.asarray(logits, np.float64)
+  logp = lg - np.log(np.exp(lg).sum(-1, keepdims=True))
+  ce = -np.take_along_axis(logp, np.where(valid, labels, 0)[..., None], -1)[..., 0]
+  assert float(loss) == pytest.approx(ce[valid].mean(), rel=1e-5)
+  # Whatever the logits at ignored pixels, the loss is the same.
+  moved = jnp.where(jnp.asarray(valid)[..., None], logits, 100.0 * logits)
+  assert float(seg_train.segmentation_loss(moved, jnp.asarray(labels), 255)) == float(loss)
+  assert float(seg_train.segmentation_loss(logits, jnp.full((2, 4, 4), 255), 255)) == 0.0
+
+
+def synthetic(n, seed, label_px, noise=0.3):
+  """Token-constant class maps (label_px pixels per token side) and features that encode each
+  token's class: a class embedding plus noise, for the patch tokens and four 'layers'."""
+  rng = np.random.default_rng(seed)
+  emb = np.random.default_rng(99).standard_normal((C, D)).astype(np.float32)
+  tok = rng.integers(0, C, (n, GRID, GRID))
+  labels = np.repeat(np.repeat(tok, label_px, axis=1), label_px, axis=2)
+  maps = tuple(emb[tok] + noise * rng.standard_normal((n, GRID, GRID, D)).astype(np.float32)
+               for _ in range(4))
+  return maps, labels
+
+
+def test_linear_head_learns_and_ignores_pixels():
+  p = 4
+  (tx, *_), ty = synthetic(48, 0, p)
+  (vx, *_), vy = synthetic(24, 1, p)
+  ty = ty.copy()
+  ty[:, 0, :] = 255                                   # an ignored row in every training map
+  head = seg_heads.PatchLinearHead(num_classes=C, patch_size=p)
+  res = seg_train.fit_segmentation(head, tx, ty, vx, vy, num_classes=C, lrs=(1e-7, 5e-2),
+                                   epochs=10, batch_size=16, ignore_index=255, seed=0)
+  assert set(res.val_scores) == {1e-7, 5e-2} and res.lr == 5e-2
+  assert res.val_scores[1e-7] < 0.6 and res.val_miou > 0.9, res.val_scores
+  assert res.train_loss[-1] < res.train_loss[0]
+  pred = seg_train.predict_segmentation(res, vx)
+  assert pred.shape == vy.shape and pred.dtype == np.int64
+  assert np.mean(pred == vy) > 0.95
+  # Labels at twice the head's output size: logits are resized, the maps follow the label size.
+  big = seg_train.predict_segmentation(res, vx, label_size=(2 * GRID * p, 2 * GRID * p))
+  assert big.shape == (24, 2 * GRID * p, 2 * GRID * p)
+  np.testing.assert_array_equal(big[:, ::2, ::2][:, 1:-1, 1:-1], pred[:, 1:-1, 1:-1])
+  with pytest.raises(ValueError, match="outside"):
+    seg_train.fit_segmentation(head, tx, ty, vx, vy, num_classes=C, lrs=(1e-2,), epochs=1)
+
+
+def test_upernet_head_learns_with_resize_to_labels():
+  label_px = 8                                         # 32 x 32 labels; the head outputs 16 x 16
+  tx, ty = synthetic(32, 0, label_px)
+  vx, vy = synthetic(16, 1, label_px)
+  head = seg_heads.UPerNetHead(num_classes=C, channels=8)
+  res = seg_train.fit_segmentation(head, tx, ty, vx, vy, num_classes=C, lrs=(3e-3,), epochs=6,
+                                   batch_size=8, seed=0)
+  assert set(res.variables) == {"params", "batch_stats"}
+  assert res.val_miou > 0.8, (res.val_scores, res.train_loss)
+  out = head.apply(res.variables, tuple(m[:2] for m in vx))
+  assert out.shape == (2, 4 * GRID, 4 * GRID, C)
+  assert seg_train.predict_segmentation(res, vx).shape == (16, 4 * GRID, 4 * GRID)
