@@ -102,13 +102,34 @@ def make_forward(weights: Weights, stems: Sequence[str], input_size: int, what: 
   Memoised per (model config, stems, size, outputs), so repeated extractions (in-loop evaluation,
   every split of a task) reuse one compiled function.
   """
-  key = (weights.model_config.to_json(), tuple(stems), input_size, tuple(what), tuple(out_indices))
+  key = (weights.provenance.get("kind") == "pixels", weights.model_config.to_json(), tuple(stems),
+         input_size, tuple(what), tuple(out_indices))
   if key not in _FORWARDS:
     _FORWARDS[key] = _build_forward(weights, stems, input_size, what, out_indices)
   return _FORWARDS[key]
 
 
+def _pixel_forward(stems, input_size):
+  @jax.jit
+  def forward(params, inputs):
+    del params
+    flat = []
+    for m in stems:
+      x = inputs[m]
+      if x.shape[1] != input_size or x.shape[2] != input_size:
+        x = jax.image.resize(x, (x.shape[0], input_size, input_size, x.shape[3]), "bilinear",
+                             antialias=False)
+      flat.append(x.reshape(x.shape[0], -1))
+    return {"cls": jnp.concatenate(flat, axis=1)}
+  return forward
+
+
 def _build_forward(weights: Weights, stems, input_size, what, out_indices):
+  if weights.provenance.get("kind") == "pixels":
+    if tuple(what) != ("cls",):
+      raise ValueError(f"the pixel baseline gives only 'cls' features (flattened pixels), not "
+                       f"{tuple(what)}")
+    return _pixel_forward(stems, input_size)
   model = weights.encoder()
   p = model.dims["patch_size"]
   layers = tuple(out_indices) if "layers" in what else ()
@@ -166,7 +187,8 @@ def extract(weights: Weights, split: EvalSplit, mappings, *, input_size: int | N
   if len(split) == 0:
     raise ValueError(f"{split.describe()}: no samples")
   plans = bands_lib.plan(tuple(mappings), split.inputs, weights.contract, split.root)
-  patch = weights.encoder().dims["patch_size"]
+  pixels = weights.provenance.get("kind") == "pixels"
+  patch = 1 if pixels else weights.encoder().dims["patch_size"]
   first = split[0]
   native = first[plans[0].group].shape[0]
   input_size = input_size_for(native, patch, input_size)

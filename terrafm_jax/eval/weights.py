@@ -7,7 +7,9 @@
     beside it when present, otherwise the built-in contract (the published file has none; its
     normalisation is unpublished, METHOD.md 8) and a warning;
   * `random:<variant>` (e.g. `random:B/16`): the architecture at its random initialisation, the
-    baseline every table shows.
+    baseline every table shows; `random:<workdir>`: that run's architecture and contract;
+  * `pixels`: no model; the normalised input pixels, flattened, are the features (a baseline for
+    k-NN and linear probes).
 
 Every result records `provenance` (kind, source, step, variant, a digest of the parameters) and
 the contract's digest, so a number can always be traced back to the weights that produced it.
@@ -33,6 +35,7 @@ from terrafm_jax.models.config import get_model_config
 from terrafm_jax.models.terrafm import TerraFMEncoder, build_encoder
 
 WEIGHT_EXTENSIONS = (".pth", ".pt", ".safetensors")
+PIXELS = "pixels"  # --weights=pixels: the normalised pixels as features (a baseline)
 
 
 @dataclasses.dataclass
@@ -144,9 +147,28 @@ def _from_file(path: str, variant: str | None, seed: int) -> Weights:
 def load_weights(spec: str, *, step: int | None = None, variant: str | None = None,
                  seed: int = 0) -> Weights:
   """Weights from a workdir, a released-layout file or `random:<variant>` (see the module doc)."""
+  if spec == PIXELS:
+    # The raw-pixel baseline: "features" are the normalised input itself (eval/features.py).
+    w = Weights({}, get_model_config("Mu/8"), DEFAULT_CONTRACT, {"kind": "pixels", "source": spec})
+    w.provenance.update(variant="pixels", img_size=0, params_digest="pixels",
+                        contract_digest=contract_digest(w.contract))
+    return w
   if spec.startswith("random:"):
-    model_config = get_model_config(spec.split(":", 1)[1])
-    w = Weights(random_params(model_config, seed), model_config, DEFAULT_CONTRACT,
+    arch = spec.split(":", 1)[1]
+    try:
+      variants.decode_variant(arch)
+      model_config, contract = get_model_config(arch), DEFAULT_CONTRACT
+    except ValueError:
+      # random:<workdir>: that run's architecture and contract at a random initialisation.
+      from terrafm_jax.train import checkpoint  # the trainer's checkpoint layout
+      ckpt = os.path.join(arch, "checkpoints")
+      if not os.path.isdir(ckpt):
+        raise FileNotFoundError(f"--weights={spec!r}: {arch!r} is neither a variant (e.g. B/16) "
+                                "nor a workdir with checkpoints/") from None
+      cfg, at = checkpoint.restore_config(ckpt, step)
+      model_config = _model_config_from_run(cfg, f"{ckpt} step {at}")
+      contract = checkpoint.restore_contract(ckpt, at)
+    w = Weights(random_params(model_config, seed), model_config, contract,
                 {"kind": "random", "source": spec, "seed": seed})
   elif os.path.splitext(spec)[1].lower() in WEIGHT_EXTENSIONS:
     w = _from_file(spec, variant, seed)
