@@ -2,7 +2,8 @@
 
 `terramind_majortom/{S1RTC,S2L1C,S2L2A,LULC}/<scene>.tif` are co-registered 224 x 224 scenes with a
 land-cover raster (TerraMesh LULC, 10 class ids; not WorldCover). Each scene is cut into a grid of
-`PATCH` x `PATCH` px patches labelled by their majority land-cover class. The split is spatial, so
+`PATCH` x `PATCH` px patches labelled by their majority land-cover class ("lulc") or by the
+land-cover map itself ("lulc-seg", a segmentation task). The split is spatial, so
 neighbouring patches do not leak between train and test: patch columns 0-3 of every scene are the
 training set (every fourth of them held out for validation), columns 4-6 the test set.
 
@@ -66,11 +67,16 @@ def _scenes(folder: str) -> tuple[tuple[str, dict[str, np.ndarray], np.ndarray],
 
 
 class LulcPatches(EvalSplit):
-  def __init__(self, root: str, split: str):
+  """Patch classification ("lulc", majority class) or segmentation ("lulc-seg", the class map)."""
+
+  def __init__(self, root: str, split: str, segmentation: bool = False):
     folder = os.path.join(root, "terramind_majortom") if os.path.isdir(
         os.path.join(root, "terramind_majortom")) else root
     self.root, self.split, self.partition = folder, split, "default"
-    self.task, self.kind, self.num_classes = "eosamples/lulc", "classification", NUM_CLASSES
+    self._segmentation = segmentation
+    self.task = "eosamples/lulc-seg" if segmentation else "eosamples/lulc"
+    self.kind = "segmentation" if segmentation else "classification"
+    self.num_classes = NUM_CLASSES
     self.inputs = {g: SourceGroup(bands, units) for g, (_, bands, units) in _GROUPS.items()}
     self._scenes = _scenes(folder)
     self._index = []
@@ -93,7 +99,10 @@ class LulcPatches(EvalSplit):
     s, r, c = self._index[i]
     scene, arrays, lulc = self._scenes[s]
     win = (slice(r * PATCH, (r + 1) * PATCH), slice(c * PATCH, (c + 1) * PATCH))
-    label = int(np.bincount(lulc[win].ravel(), minlength=NUM_CLASSES).argmax())
+    if self._segmentation:
+      label = lulc[win].copy()
+    else:
+      label = int(np.bincount(lulc[win].ravel(), minlength=NUM_CLASSES).argmax())
     out = {g: a[win] for g, a in arrays.items()}
     out.update(label=label, id=f"{scene}/r{r}c{c}")
     return out
@@ -101,8 +110,8 @@ class LulcPatches(EvalSplit):
 
 def open_split(root: str | None, dataset: str, split: str, partition: str = "default"
                ) -> EvalSplit:
-  if dataset != "lulc":
-    raise ValueError(f"eosamples has one dataset, 'lulc', not {dataset!r}")
+  if dataset not in ("lulc", "lulc-seg"):
+    raise ValueError(f"eosamples has the datasets 'lulc' and 'lulc-seg', not {dataset!r}")
   if partition != "default":
-    raise EvalDataError(f"{root}: eosamples/lulc has only the 'default' partition")
-  return LulcPatches(root or default_root(), split)
+    raise EvalDataError(f"{root}: eosamples/{dataset} has only the 'default' partition")
+  return LulcPatches(root or default_root(), split, segmentation=dataset == "lulc-seg")

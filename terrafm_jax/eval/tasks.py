@@ -88,6 +88,8 @@ _ALL = (
          (StemMapping("s2_l1c", "s2l1c", drop=("B10",)),), ("knn", "linear"), "accuracy"),
     Task("eosamples/lulc-s2_l2a", "eosamples", "lulc", (StemMapping("s2_l2a", "s2l2a"),),
          ("knn", "linear"), "accuracy"),
+    Task("eosamples/lulcseg-s2_l2a", "eosamples", "lulc-seg", (StemMapping("s2_l2a", "s2l2a"),),
+         ("seg_linear", "seg_upernet"), "miou"),
 )
 
 TASKS: dict[str, Task] = {t.name: t for t in _ALL}
