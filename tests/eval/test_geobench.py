@@ -394,3 +394,42 @@ def test_corrupt_hdf5(gbdir, tmp_path, how):
   sp = reader.open_split(ddir, "m-eurosat", "train")
   with pytest.raises(EvalDataError, match=r"id_0002\.hdf5: "):
     sp[2]
+
+
+# --- The whole harness on folders the geobench package wrote -------------------------------------
+
+def test_every_band_reaches_its_stem_slot_through_the_reader(gbdir):
+  from terrafm_jax.data.contract import DEFAULT_CONTRACT
+  from terrafm_jax.eval import bands as bands_lib
+  from terrafm_jax.eval.tasks import get_task
+  task = get_task("geobench/m-eurosat")
+  split = task.open(gbdir, "train")
+  plans = bands_lib.plan(task.stems, split.inputs, DEFAULT_CONTRACT, split.root)
+  out = bands_lib.apply(plans, split[0], DEFAULT_CONTRACT)["s2_l1c"]
+  mc = DEFAULT_CONTRACT["s2_l1c"]
+  for j, band in enumerate(mc.bands):  # B10 (k = 10) is the only band that must not arrive
+    raw = signature(CANON_13.index(band), (64, 64)).astype(np.float32)
+    np.testing.assert_allclose(out[..., j], (raw - mc.mean[j]) / mc.std[j], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name,protocol,partition", [
+    ("geobench/m-eurosat", "knn", "default"), ("geobench/m-eurosat", "knn", "0.01x_train"),
+    ("geobench/m-eurosat", "linear", "default"), ("geobench/m-bigearthnet", "knn", "default"),
+    ("geobench/m-so2sat", "knn", "default"), ("geobench/m-brick-kiln", "linear", "default"),
+    ("geobench/m-cashew-plantation", "seg_linear", "default")])
+def test_harness_runs_on_package_written_folders(gbdir, tmp_path, name, protocol, partition):
+  from terrafm_jax.eval import runner
+  from terrafm_jax.eval.config import get_eval_config
+  from terrafm_jax.eval.tasks import get_task
+  from terrafm_jax.eval.weights import load_weights
+  cfg = get_eval_config("tiny")
+  cfg.out_dir = str(tmp_path)
+  cfg.input_size = 32  # keep the tiny model's compiles small (m-bigearthnet defaults to 128)
+  task = get_task(name)
+  row = runner.run(task, protocol, load_weights("random:Mu/8"), gbdir, cfg, partition=partition,
+                   progress=False)
+  assert 0.0 <= row.value <= 100.0 and row.metric == task.metric
+  assert row.published == task.published.get(f"{protocol}@{partition}")
+  assert row.details["num_samples"]["train"] == len(task.open(gbdir, "train", partition))
+  if protocol == "seg_linear":
+    assert row.example["pred"].shape == row.example["truth"].shape == (32, 32)
