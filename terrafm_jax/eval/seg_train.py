@@ -124,6 +124,7 @@ def init_variables(head: nn.Module, x_example: Features, seed: int) -> dict[str,
 
 
 def _transform(params, weight_decay: float) -> optax.GradientTransformation:
+  """AdamW's direction (the step subtracts lr_t times it); decay on kernels only."""
   return optax.chain(optax.scale_by_adam(), optax.add_decayed_weights(
       weight_decay, mask=optim_lib.weight_decay_mask(params, "", "")))
 
@@ -136,10 +137,10 @@ def _step(head, weight_decay, variables, opt_state, x, labels, valid, key, t, lr
     logits = resize_bilinear(out, labels.shape[1:3], _align_corners(head))
     return masked_cross_entropy(logits, labels, valid), state
 
-  (loss, state), grads = jax.value_and_grad(loss_fn, has_aux=True)(variables["params"])
-  updates, opt_state = _transform(variables["params"], weight_decay).update(
-      grads, opt_state, variables["params"])
-  params = jax.tree.map(lambda p, u: p - lr_t * u, variables["params"], updates)
+  params = variables["params"]
+  (loss, state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+  updates, opt_state = _transform(params, weight_decay).update(grads, opt_state, params)
+  params = jax.tree.map(lambda p, u: p - lr_t * u, params, updates)
   return {**variables, **state, "params": params}, opt_state, loss
 
 
