@@ -73,6 +73,15 @@ def _make_builder_classes():
       for job in jobs:
         yield from beam_unit_examples(job)
 
+    def _log_download_bytes(self):
+      # One line instead of TFDS's "Downloading and preparing dataset Unknown size ...": nothing
+      # is downloaded, the manual dir is read.
+      print(f"[terrafm] preparing {self.builder_config.name} tiles into {self.data_dir}",
+            flush=True)
+
+    def _log_download_done(self):
+      pass
+
     def _download_and_prepare(self, dl_manager, download_config):
       jobs = self._plan_jobs(dl_manager.manual_dir)
       opts = dataclasses.replace(self._options, tile_size=self.builder_config.tile_size)

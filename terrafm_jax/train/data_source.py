@@ -152,6 +152,8 @@ class TrainData:
   # global_labels(start, stop): labels of the whole global batches [start, stop), all processes.
   global_labels: Callable[[int, int], np.ndarray]
   description: str
+  # Share of each WorldCover class among the labelled tiles (the sampler's natural distribution).
+  natural_distribution: np.ndarray | None = None
 
 
 def builtin_root(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -188,6 +190,9 @@ def _ensure_builtin(config: ml_collections.ConfigDict, workdir: str) -> str:
       finally:
         fcntl.flock(lock, fcntl.LOCK_UN)
 
+  from terrafm_jax.train import console  # pylint: disable=g-import-not-at-top
+  console.say(f"built-in synthetic Major-TOM set ({b.num_cells} cells of {b.cell_size} px, "
+              f"{b.tile_size} px tiles): written and prepared once under {root}")
   if jax.process_count() == 1:
     return build()
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
@@ -245,10 +250,12 @@ def make_train_data(config: ml_collections.ConfigDict, workdir: str) -> TrainDat
   sampler = pipeline.make_sampler(prepared, sampling, config.seed)
   labels = prepared.index["label"].to_numpy(np.int64)
   n = d.num_examples if d.num_examples > 0 else prepared.num_records
+  known = labels[(labels >= 0) & (labels < 11)]
+  natural = np.bincount(known, minlength=11) / max(len(known), 1) if len(known) else None
   return TrainData(
       it, n, contract, float((labels >= 0).mean()) if len(labels) else 0.0,
       lambda start, stop: pipeline.global_batch_labels(sampler, g, start, stop),
-      f"{prepared.dataset_dir} ({prepared.num_records} tiles)")
+      f"{prepared.dataset_dir} ({prepared.num_records} tiles)", natural)
 
 
 def describe(it: Any) -> str:

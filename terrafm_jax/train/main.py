@@ -30,6 +30,10 @@ _COORD = flags.DEFINE_string("coordinator_address", os.environ.get("TERRAFM_COOR
                              "host:port of process 0 (explicit multi-process).")
 _NPROC = flags.DEFINE_integer("num_processes", int(os.environ.get("TERRAFM_NUM_PROCESSES", "0")),
                               "Number of processes (explicit multi-process).")
+_VERBOSE = flags.DEFINE_bool("verbose", False,
+                              "Full INFO log on the console (default: one progress line per log "
+                              "interval; the full log is in <workdir>/train.log). Also "
+                              "TERRAFM_VERBOSE=1.")
 _PID = flags.DEFINE_integer("process_id", int(os.environ.get("TERRAFM_PROCESS_ID", "-1")),
                             "This process' index (explicit multi-process).")
 
@@ -70,6 +74,10 @@ def main(argv) -> None:
     raise app.UsageError("--workdir is required")
   _quiet_library_logs()
   _init_distributed()
+  from terrafm_jax.train import console  # pylint: disable=g-import-not-at-top
+  log_file = console.configure(_WORKDIR.value, _VERBOSE.value)
+  if log_file:
+    console.say(f"full log: {log_file} (--verbose or TERRAFM_VERBOSE=1 shows it here)")
   from terrafm_jax.data.errors import BadInputError  # pylint: disable=g-import-not-at-top
   from terrafm_jax.train import default_config  # pylint: disable=g-import-not-at-top
   from terrafm_jax.train import trainer  # pylint: disable=g-import-not-at-top

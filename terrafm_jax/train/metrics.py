@@ -52,8 +52,11 @@ PEAK_FLOPS = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v
 
 
 def create_writer(workdir: str) -> metric_writers.MetricWriter:
-  return metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0,
-                                              asynchronous=True)
+  """TensorBoard event files on process 0 (asynchronous), nothing elsewhere. No logging writer:
+  the console gets one progress line per interval (train/console.py), not every metric."""
+  if jax.process_index() > 0:
+    return metric_writers.MultiWriter([])
+  return metric_writers.AsyncWriter(metric_writers.SummaryWriter(workdir))
 
 
 def encoder_forward_flops(model_cfg: ml_collections.ConfigDict, img_size: int,
@@ -120,12 +123,16 @@ def peak_flops_per_device(config: ml_collections.ConfigDict) -> float | None:
   return None
 
 
-def log_parameter_overview(params: Any, name: str) -> None:
+def log_parameter_overview(params: Any, name: str, full_table: bool = False) -> None:
+  """One summary line (counts by module) on the console; the per-parameter table in the log
+  file, and on the console too with `full_table` (config.log_parameter_table)."""
+  from terrafm_jax.train import console  # pylint: disable=g-import-not-at-top
   if jax.process_index() == 0:
-    logging.info("%s parameters:\n%s", name,
-                 parameter_overview.get_parameter_overview(params, include_stats=False))
-    n = sum(math.prod(x.shape) for x in jax.tree.leaves(params))
-    logging.info("%s: %.2f M parameters", name, n / 1e6)
+    table = parameter_overview.get_parameter_overview(params, include_stats=False)
+    logging.info("%s parameters:\n%s", name, table)
+    console.say(console.parameter_summary(params, name))
+    if full_table:
+      print(table, flush=True)
 
 
 def log_memory_analysis(compiled: Any) -> dict[str, float]:

@@ -22,10 +22,12 @@ from absl import logging
 from terrafm_jax.data.contract import InputContract
 from terrafm_jax.models import terrafm
 from terrafm_jax.train import checkpoint as ckpt_lib
+from terrafm_jax.train import console
 from terrafm_jax.train import data_source
 from terrafm_jax.train import default_config
 from terrafm_jax.train import metrics as metrics_lib
 from terrafm_jax.train import optim as optim_lib
+from terrafm_jax.train import report as report_lib
 from terrafm_jax.train import schedules as schedules_lib
 from terrafm_jax.train import sharding as sharding_lib
 from terrafm_jax.train import state as state_lib
@@ -129,6 +131,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         f"{n_batch_shards} batch shards of mesh {dict(mesh.shape)}")
   logging.info("mesh %s on %d devices (%d processes), platform %s", dict(mesh.shape),
                jax.device_count(), jax.process_count(), jax.devices()[0].platform)
+  console.say(f"{config.model.variant} on {jax.device_count()} {jax.devices()[0].platform} "
+              f"device(s), {jax.process_count()} process(es), mesh {dict(mesh.shape)}; "
+              f"workdir {workdir}")
 
   data = data_source.make_train_data(config, str(workdir))
   data_iter, num_examples, contract = data.iterator, data.num_examples, data.contract
@@ -139,6 +144,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   total_steps = config.total_steps
   logging.info("%d examples, %d steps/epoch, %d steps", num_examples, config.steps_per_epoch,
                total_steps)
+  console.say(f"data: {data.description}; {num_examples} examples, global batch "
+              f"{config.global_batch_size}, {total_steps} steps")
 
   model = terrafm.build_dino(config.model)
   scheds = schedules_lib.make_schedules(config)
@@ -155,11 +162,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     target = state_lib.abstract_state(state_init, shardings, rng)
     state = ckpt_lib.restore(manager, latest, target, data_iter, contract)
     logging.info("resumed from step %d", latest)
+    console.say(f"resumed from the checkpoint of step {latest}")
   else:
     with jax.set_mesh(mesh):
       state = state_lib.create_sharded_state(state_init, shardings, rng, rules)
   start_step = int(jax.device_get(state.step))
-  metrics_lib.log_parameter_overview(state.student, "student")
+  metrics_lib.log_parameter_overview(state.student, "student", config.log_parameter_table)
   if is_main:
     _write_run_metadata(workdir, config, data, dual_centering, start_step)
 
@@ -182,6 +190,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       compiled = jitted.lower(state, first).compile()
     logging.info("train step compiled in %.1f s", time.time() - t0)
     mem = metrics_lib.log_memory_analysis(compiled)
+    console.say(f"train step compiled in {time.time() - t0:.1f} s"
+                + (f"; {mem.get('temp_size_gib', 0) + mem.get('argument_size_gib', 0):.2f} GiB "
+                   "per device (arguments + temporaries)" if mem else ""))
 
   hooks = metrics_lib.periodic_actions_for(config, workdir, writer, total_steps)
   from terrafm_jax.eval import inloop  # pylint: disable=g-import-not-at-top
@@ -221,6 +232,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       writer.write_scalars(step_done, scalars)
       extra = {"tiles": tiles_of_step.pop(step_done)} if step_done in tiles_of_step else {}
       workdir_lib.append_jsonl(jsonl, {"step": step_done, **scalars, **extra})
+      # ETA from the mean speed since the first logged step (one interval's speed is noisy).
+      first = last.setdefault("first", (now, step_done))
+      mean_rate = (step_done - first[1]) / max(now - first[0], 1e-9) if step_done > first[1] \
+          else scalars["steps_per_sec"]
+      console.say(console.progress_line(step_done, total_steps, scalars, n_dev, mean_rate))
     history.append({"step": step_done, **scalars})
     if not scalars.get("finite", 1.0):
       check_finite(step_done)
@@ -255,6 +271,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if scores and is_main:
           writer.write_scalars(step, scores)
           workdir_lib.append_jsonl(jsonl, {"step": step, **scores})
+          console.say(f"step {step}: " + ", ".join(
+              f"{k} {v:.1f}" for k, v in scores.items() if not k.endswith("_seconds")))
       if step % config.log_every_steps == 0 or step == total_steps:
         pending = (step, dev_metrics)
       stop = preempt.stop_at(step)
@@ -277,6 +295,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     from terrafm_jax.train import learning_check  # pylint: disable=g-import-not-at-top
     result["knn"] = learning_check.run(config, str(workdir), model, state.teacher, param_init,
                                        mesh, rules, writer, step, contract=contract)
+  if is_main and step > start_step:
+    try:
+      path = report_lib.write_report(workdir, report_lib.read_rows(jsonl),
+                                     num_prototypes=config.model.head.out_dim,
+                                     natural=data.natural_distribution, knn=result.get("knn"))
+      console.say(f"report: {path}")
+    except Exception as e:  # pylint: disable=broad-except  (a plot never fails a finished run)
+      logging.warning("report.png not written: %s", e)
   manager.close()
   writer.close()
   return result

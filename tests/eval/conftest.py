@@ -1,6 +1,7 @@
 """Shared fixtures of the evaluation tests: a trained workdir, its export, the eo_samples folder."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -42,9 +43,11 @@ def trained_workdir(tmp_path_factory) -> str:
   """A few steps of the smoke config (random data) -> a workdir with checkpoints; in-loop k-NN on
   the eo_samples patches every 16 steps (skipped with a warning where they are absent)."""
   wd = str(tmp_path_factory.mktemp("eval_workdir") / "run")
-  run_module("terrafm_jax.train", ["--config=configs/smoke.py:test", f"--workdir={wd}",
-                                   "--config.eval.every_steps=16",
-                                   "--config.eval.skip_if_missing=True"])
+  proc = run_module("terrafm_jax.train", ["--config=configs/smoke.py:test", f"--workdir={wd}",
+                                          "--config.eval.every_steps=16",
+                                          "--config.eval.skip_if_missing=True"])
+  with open(wd + ".console.json", "w", encoding="utf-8") as f:  # for the console tests
+    json.dump({"stdout": proc.stdout, "stderr": proc.stderr}, f)
   return wd
 
 

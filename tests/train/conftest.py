@@ -26,6 +26,9 @@ def subprocess_env(num_devices: int) -> dict[str, str]:
   env["JAX_COMPILATION_CACHE_DIR"] = COMPILE_CACHE
   env["JAX_PLATFORMS"] = "cpu"
   env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+  # These tests read the trainer's INFO lines (resume, mesh, warnings) from stderr; the console
+  # default is one progress line per interval (tests/eval checks that one).
+  env["TERRAFM_VERBOSE"] = "1"
   env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   return env
 
