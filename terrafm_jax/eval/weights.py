@@ -74,13 +74,20 @@ def _host(tree: Any) -> Any:
   return jax.tree.map(np.asarray, flax.linen.meta.unbox(tree))
 
 
+_INITS: dict[str, Any] = {}
+
+
 def random_params(model_config: ml_collections.ConfigDict, seed: int = 0) -> Any:
-  enc = build_encoder(model_config)
-  size = model_config.img_size
-  x = {"s2_l2a": jnp.zeros((1, size, size, 12), jnp.float32)}
-  params = jax.jit(lambda k: flax.linen.meta.unbox(enc.init(k, x)["params"]))(
-      jax.random.key(seed))
-  return _host(params)
+  """The encoder's random initialisation; one compiled init per architecture, any seed."""
+  key = model_config.to_json()
+  if key not in _INITS:
+    enc = build_encoder(model_config)
+    # One patch is enough: parameter shapes do not depend on the input size (the position
+    # embedding is sized by img_size), and a small input keeps the init's compile small.
+    p = enc.dims["patch_size"]
+    x = {"s2_l2a": jnp.zeros((1, p, p, 12), jnp.float32)}
+    _INITS[key] = jax.jit(lambda k: flax.linen.meta.unbox(enc.init(k, x)["params"]))
+  return _host(_INITS[key](jax.random.key(seed)))
 
 
 def _model_config_from_run(cfg: dict[str, Any], where: str) -> ml_collections.ConfigDict:

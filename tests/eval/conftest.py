@@ -1,10 +1,12 @@
 """Shared fixtures of the evaluation tests: a trained workdir, its export, the eo_samples folder."""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -12,8 +14,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 EO_SAMPLES = os.path.normpath(os.path.join(REPO, "..", "shared", "eo_samples"))
 
 
+# One persistent compilation cache for every subprocess of this test run (xdist workers share
+# their parent): the CLI runs compile the same programs.
+COMPILE_CACHE = os.path.join(tempfile.gettempdir(), f"terrafm_eval_jaxcache_{os.getppid()}")
+
+
 def subprocess_env() -> dict[str, str]:
   env = dict(os.environ)
+  env["JAX_COMPILATION_CACHE_DIR"] = COMPILE_CACHE
   env["XLA_FLAGS"] = ("--xla_force_host_platform_device_count=1 "
                       "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
   env["JAX_PLATFORMS"] = "cpu"
@@ -38,24 +46,42 @@ def eo_samples() -> str:
   return EO_SAMPLES
 
 
+def _shared(tmp_path_factory, name: str, build) -> str:
+  """A session artefact built once per test run, even with several xdist workers: the workers
+  share the parent of their base temp folder, and a file lock makes the others wait and reuse it."""
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    root = root.parent
+  target = str(root / name)
+  with open(target + ".lock", "w", encoding="utf-8") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not os.path.exists(target + ".done"):
+      build(target)
+      open(target + ".done", "w").close()
+  return target
+
+
 @pytest.fixture(scope="session")
 def trained_workdir(tmp_path_factory) -> str:
-  """A few steps of the smoke config (random data) -> a workdir with checkpoints; in-loop k-NN on
-  the eo_samples patches every 16 steps (skipped with a warning where they are absent)."""
-  wd = str(tmp_path_factory.mktemp("eval_workdir") / "run")
-  proc = run_module("terrafm_jax.train", ["--config=configs/smoke.py:test", f"--workdir={wd}",
-                                          "--config.eval.every_steps=16",
-                                          "--config.eval.skip_if_missing=True"])
-  with open(wd + ".console.json", "w", encoding="utf-8") as f:  # for the console tests
-    json.dump({"stdout": proc.stdout, "stderr": proc.stderr}, f)
-  return wd
+  """16 steps of the smoke config (random data) -> a workdir with checkpoints; in-loop k-NN on
+  the eo_samples patches every 8 steps (skipped with a warning where they are absent)."""
+  def build(wd):
+    proc = run_module("terrafm_jax.train", ["--config=configs/smoke.py:test", f"--workdir={wd}",
+                                            "--config.num_epochs=1",
+                                            "--config.eval.every_steps=8",
+                                            "--config.eval.skip_if_missing=True"])
+    with open(wd + ".console.json", "w", encoding="utf-8") as f:  # for the console tests
+      json.dump({"stdout": proc.stdout, "stderr": proc.stderr}, f)
+  return _shared(tmp_path_factory, "eval_trained_workdir", build)
 
 
 @pytest.fixture(scope="session")
 def exported_pth(trained_workdir, tmp_path_factory) -> str:
-  out = str(tmp_path_factory.mktemp("eval_export") / "teacher.pth")
-  run_module("terrafm_jax.export", ["released", "--workdir", trained_workdir, "--out", out])
-  return out
+  def build(folder):
+    os.makedirs(folder, exist_ok=True)
+    run_module("terrafm_jax.export", ["released", "--workdir", trained_workdir, "--out",
+                                      os.path.join(folder, "teacher.pth")])
+  return os.path.join(_shared(tmp_path_factory, "eval_export", build), "teacher.pth")
 
 
 @pytest.fixture

@@ -61,7 +61,7 @@ def test_bad_weights_are_clear_errors(exported_pth, tmp_path):
     weights_lib.load_weights(str(broken))
 
 
-@pytest.mark.parametrize("source", ["workdir", "pth", "random"])
+@pytest.mark.parametrize("source", ["workdir", "pth"])  # random: test_cli_usage_and_data_errors
 def test_cli_knn_from_each_weight_source(source, trained_workdir, exported_pth, eo_samples,
                                          tmp_path, run_mod):
   weights = {"workdir": trained_workdir, "pth": exported_pth, "random": "random:Mu/8"}[source]
@@ -90,4 +90,4 @@ def test_cli_usage_and_data_errors(tmp_path, run_mod):
   assert "--data_root" in p.stderr
   p = run_mod("terrafm_jax.eval", ["--task=geobench/m-eurosat", "--weights=random:Mu/8",
                                       f"--data_root={tmp_path}"], expect_rc=1)
-  assert str(tmp_path) in p.stderr
+  assert str(tmp_path) in p.stderr  # random weights loaded, then the data folder refused
