@@ -17,23 +17,8 @@ from terrafm_jax.eval import bands as bands_lib
 from terrafm_jax.eval import finetune as finetune_lib
 from terrafm_jax.eval import linear as linear_lib
 from terrafm_jax.eval import metrics as metrics_lib
-from terrafm_jax.eval.dataset import EvalSplit
 from terrafm_jax.eval.features import input_size_for, model_batches
-
-
-class _Shuffled(EvalSplit):
-  def __init__(self, base: EvalSplit, seed: int, epoch: int):
-    self._base = base
-    self._order = np.random.default_rng([seed, epoch]).permutation(len(base))
-    for k in ("task", "split", "partition", "kind", "num_classes", "inputs", "ignore_index",
-              "root"):
-      setattr(self, k, getattr(base, k, None))
-
-  def __len__(self):
-    return len(self._base)
-
-  def _load(self, i):
-    return self._base[int(self._order[i])]
+from terrafm_jax.eval.runner import Subset
 
 
 def _resizer(size: int):
@@ -61,8 +46,8 @@ def run(task, weights, splits, cfg, progress: bool = True
     return {m: (np.asarray(resize(v)) if v.shape[1] != size else v) for m, v in x.items()}
 
   def train_batches(epoch):
-    for x, y, n in model_batches(_Shuffled(train, cfg.seed, epoch), plans, weights.contract,
-                                 batch):
+    order = np.random.default_rng([cfg.seed, epoch]).permutation(len(train))
+    for x, y, n in model_batches(Subset(train, order), plans, weights.contract, batch):
       if n == batch:
         yield fit(x), y
 

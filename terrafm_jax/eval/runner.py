@@ -31,15 +31,16 @@ _FEATURES = {"knn": "cls", "linear": "cls", "seg_linear": "patch", "seg_upernet"
 
 
 class Subset(EvalSplit):
-  """A seeded random subset of a split (config.max_samples), for quick looks."""
+  """The samples `indices` of a split, in that order (a seeded subset for config.max_samples, a
+  shuffled epoch order for fine-tuning)."""
 
-  def __init__(self, base: EvalSplit, n: int, seed: int):
+  def __init__(self, base: EvalSplit, indices: np.ndarray, partition: str | None = None):
     self._base = base
-    self._idx = np.sort(np.random.default_rng(seed).permutation(len(base))[:n])
+    self._idx = np.asarray(indices)
     for k in ("task", "split", "kind", "num_classes", "class_names", "inputs", "ignore_index",
               "root"):
       setattr(self, k, getattr(base, k, None))
-    self.partition = f"{base.partition}[{n}]"
+    self.partition = partition or base.partition
 
   def __len__(self):
     return len(self._idx)
@@ -64,7 +65,8 @@ def open_splits(task: Task, root: str, partition: str, cfg) -> dict[str, EvalSpl
   for name in ("train", "val", "test"):
     s = task.open(root, name, partition)
     if cfg.max_samples > 0 and len(s) > cfg.max_samples:
-      s = Subset(s, cfg.max_samples, cfg.seed)
+      keep = np.sort(np.random.default_rng(cfg.seed).permutation(len(s))[:cfg.max_samples])
+      s = Subset(s, keep, f"{s.partition}[{cfg.max_samples}]")
     logging.info("%s", s.describe())
     out[name] = s
   return out

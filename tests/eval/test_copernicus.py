@@ -324,3 +324,29 @@ def test_partition_split_and_task_names(tmp_path):
     open_split(root, "cloud_s2", "validation")
   with pytest.raises(EvalDataError, match="unknown Copernicus-Bench task"):
     open_split(root, "flood_s1", "train")
+
+
+# The task table against what the readers find ---------------------------------------------------
+
+def test_every_copernicus_task_table_plans_against_its_reader(tmp_path):
+  """Each task's band table (eval/tasks.py) matches the bands its reader reports, and the
+  signature of every contract band arrives in its stem slot (B8A-last EuroSAT-S2 included)."""
+  from terrafm_jax.data.contract import DEFAULT_CONTRACT
+  from terrafm_jax.eval import bands as bands_lib
+  from terrafm_jax.eval.tasks import get_task
+  make_eurosat(str(tmp_path), "s1")
+  make_eurosat(str(tmp_path), "s2")
+  make_bigearthnet(str(tmp_path))
+  make_dfc(str(tmp_path))
+  make_cloud(str(tmp_path))
+  for name in ("eurosat_s1", "eurosat_s2", "bigearthnet_s1", "bigearthnet_s2", "dfc2020_s1",
+               "dfc2020_s2", "cloud_s2"):
+    task = get_task(f"copernicus/{name}")
+    split = task.open(str(tmp_path), "train")
+    plans = bands_lib.plan(task.stems, split.inputs, DEFAULT_CONTRACT, split.root)
+    out = bands_lib.apply(plans, split[0], DEFAULT_CONTRACT)
+    for p in plans:
+      mc = DEFAULT_CONTRACT[p.stem]
+      for j, band in enumerate(mc.bands):
+        want = (np.float32(SIG[band]) - mc.mean[j]) / mc.std[j]
+        np.testing.assert_allclose(out[p.stem][..., j], want, rtol=1e-5, err_msg=f"{name} {band}")

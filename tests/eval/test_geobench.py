@@ -416,7 +416,8 @@ def test_every_band_reaches_its_stem_slot_through_the_reader(gbdir):
     ("geobench/m-eurosat", "knn", "default"), ("geobench/m-eurosat", "knn", "0.01x_train"),
     ("geobench/m-bigearthnet", "knn", "default"),
     ("geobench/m-so2sat", "knn", "default"), ("geobench/m-brick-kiln", "linear", "default"),
-    ("geobench/m-cashew-plantation", "seg_linear", "default")])
+    ("geobench/m-cashew-plantation", "seg_linear", "default"),
+    ("geobench/m-cashew-plantation", "seg_upernet", "default")])
 def test_harness_runs_on_package_written_folders(gbdir, tmp_path, name, protocol, partition):
   from terrafm_jax.eval import runner
   from terrafm_jax.eval.config import get_eval_config
@@ -431,5 +432,5 @@ def test_harness_runs_on_package_written_folders(gbdir, tmp_path, name, protocol
   assert 0.0 <= row.value <= 100.0 and row.metric == task.metric
   assert row.published == task.published.get(f"{protocol}@{partition}")
   assert row.details["num_samples"]["train"] == len(task.open(gbdir, "train", partition))
-  if protocol == "seg_linear":
+  if protocol.startswith("seg_"):
     assert row.example["pred"].shape == row.example["truth"].shape == (32, 32)
