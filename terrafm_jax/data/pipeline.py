@@ -42,9 +42,13 @@ from terrafm_jax.data import crops as crops_lib
 from terrafm_jax.data import modality_groups
 from terrafm_jax.data import resumable
 from terrafm_jax.data import sampling as sampling_lib
+from terrafm_jax.data import shm_ring
 
 # Virtual length of the sample stream (positions); far beyond any training run.
 STREAM_LENGTH = 1 << 40
+# Worker processes hand tiles over in reused shared-memory slots (shm_ring.py); False: Grain's
+# own transfer (a fresh shared-memory block per array), kept for bench/data_pipeline.py.
+REUSE_WORKER_SHM = True
 
 
 @dataclasses.dataclass
@@ -228,9 +232,9 @@ def make_train_dataset(data_dir: str, *, global_batch_size: int, seed: int,
                        worker_count: int = 0, worker_buffer_size: int = 2,
                        contract: contract_lib.InputContract | None = None,
                        start_batch: int = 0, prepared: PreparedData | None = None,
-                       group_block: int = 0):
+                       group_block: int = 0, return_slots: bool = False):
   """The Grain IterDataset behind `make_train_iterator` (from global batch `start_batch` on),
-  and its PreparedData."""
+  and its PreparedData (and, with `return_slots`, the worker shared-memory owner or None)."""
   import grain  # pylint: disable=g-import-not-at-top
   if process_index is None or process_count is None:
     import jax  # pylint: disable=g-import-not-at-top
@@ -258,11 +262,50 @@ def make_train_dataset(data_dir: str, *, global_batch_size: int, seed: int,
     ds = ds[start_batch:]  # positional: batch n is the same whatever came before it
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=2 if worker_count else 4,
                                             prefetch_buffer_size=2 * local))
-  if worker_count > 0:
+  slots = None
+  if worker_count > 0 and not REUSE_WORKER_SHM:
     ensure_absl_flags_parsed()
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count,
                                                      per_worker_buffer_size=worker_buffer_size))
+  elif worker_count > 0:
+    ensure_absl_flags_parsed()
+    # Tiles leave the workers through reused shared-memory slots (shm_ring.py), enough for the
+    # batches in flight per worker: its queue, the parent's interleave buffer, one each side.
+    t = prepared.tile_size
+    layout, shms = shm_ring.create(worker_count, 2 * worker_buffer_size + 2, {
+        "s1": ((local, t, t, 2), np.float16), "s2_l1c": ((local, t, t, 12), np.uint16),
+        "s2_l2a": ((local, t, t, 12), np.uint16)})
+    slots = shm_ring.FromSlots(layout, shms)
+    ds = ds.map(shm_ring.ToSlots(layout))
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count,
+                                                     per_worker_buffer_size=worker_buffer_size),
+                        worker_init_fn=shm_ring.set_worker_index)
+    ds = ds.map(slots)
+  if return_slots:
+    return ds, prepared, slots
   return ds, prepared
+
+
+class _ClosingIterator:
+  """A Grain iterator that also releases the shared-memory slots of its workers on close."""
+
+  def __init__(self, it, slots: shm_ring.FromSlots | None):
+    self._it, self._slots = it, slots
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    return next(self._it)
+
+  def close(self) -> None:
+    close = getattr(self._it, "close", None)
+    try:
+      if close is not None:
+        close()
+    finally:
+      if self._slots is not None:
+        self._slots.close()
 
 
 def make_train_iterator(data_dir: str, *, global_batch_size: int, seed: int,
@@ -279,12 +322,12 @@ def make_train_iterator(data_dir: str, *, global_batch_size: int, seed: int,
   prepared = load_prepared(data_dir, contract)
 
   def make(start_batch: int):
-    ds, _ = make_train_dataset(
+    ds, _, slots = make_train_dataset(
         data_dir, global_batch_size=global_batch_size, seed=seed, crops=crops,
         sampling=sampling, process_index=process_index, process_count=process_count,
         worker_count=worker_count, worker_buffer_size=worker_buffer_size, contract=contract,
-        start_batch=start_batch, prepared=prepared, group_block=group_block)
-    return iter(ds)
+        start_batch=start_batch, prepared=prepared, group_block=group_block, return_slots=True)
+    return _ClosingIterator(iter(ds), slots)
 
   make_train_dataset(  # validate the arguments now, not at the first next()
       data_dir, global_batch_size=global_batch_size, seed=seed, crops=crops, sampling=sampling,
