@@ -68,6 +68,7 @@ def get_config(arg: str | None = None):
     c.log_every_steps = 1
     c.knn.enabled = False
     c.eval.every_steps = 0
+    c.write_report = False                   # the many short test runs skip matplotlib
   elif arg:
     raise ValueError(f"configs/smoke.py: unknown variant {arg!r} (expected '' or 'test')")
   return c

@@ -108,6 +108,7 @@ def get_base_config(variant: str = "B/16") -> ml_collections.ConfigDict:
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, use_async=True))
   c.log_every_steps = 50
   c.log_parameter_table = False     # print the per-parameter table (always in train.log)
+  c.write_report = True             # <workdir>/report.png at the end of the run (train/report.py)
   c.profile = ml_collections.ConfigDict(dict(enabled=False, first_step=10, steps=5))
   c.peak_flops_per_device = 0.0     # 0 = look up the device kind (metrics.PEAK_FLOPS)
 

@@ -195,8 +195,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                    "per device (arguments + temporaries)" if mem else ""))
 
   hooks = metrics_lib.periodic_actions_for(config, workdir, writer, total_steps)
-  from terrafm_jax.eval import inloop  # pylint: disable=g-import-not-at-top
-  evaluator = inloop.maybe_create(config, contract)
+  evaluator = None
+  if config.eval.every_steps > 0:
+    from terrafm_jax.eval import inloop  # pylint: disable=g-import-not-at-top
+    evaluator = inloop.maybe_create(config, contract)
   # Exposure of the whole global batch (every process' slice), exact from step 0 after a resume.
   exposure = metrics_lib.ClassExposure()
   for s0 in range(0, start_step, 1024):
@@ -295,7 +297,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     from terrafm_jax.train import learning_check  # pylint: disable=g-import-not-at-top
     result["knn"] = learning_check.run(config, str(workdir), model, state.teacher, param_init,
                                        mesh, rules, writer, step, contract=contract)
-  if is_main and step > start_step:
+  if is_main and step > start_step and config.write_report:
     try:
       path = report_lib.write_report(workdir, report_lib.read_rows(jsonl),
                                      num_prototypes=config.model.head.out_dim,

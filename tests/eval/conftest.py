@@ -68,6 +68,7 @@ def trained_workdir(tmp_path_factory) -> str:
   def build(wd):
     proc = run_module("terrafm_jax.train", ["--config=configs/smoke.py:test", f"--workdir={wd}",
                                             "--config.num_epochs=1",
+                                            "--config.write_report=True",
                                             "--config.eval.every_steps=8",
                                             "--config.eval.skip_if_missing=True"])
     with open(wd + ".console.json", "w", encoding="utf-8") as f:  # for the console tests
