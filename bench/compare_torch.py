@@ -161,7 +161,8 @@ class JaxStep:
                                                       jnp.dtype(config.model.dtype), mods))
     with jax.set_mesh(mesh), __import__("flax").linen.logical_axis_rules(rules):
       t0 = time.perf_counter()
-      self.compiled = fn.lower(self.state, self.batches[0]).compile()
+      self.lowered = fn.lower(self.state, self.batches[0])
+      self.compiled = self.lowered.compile()
       self.compile_s = time.perf_counter() - t0
       self.views_c = views_fn.lower(self.batches[0]).compile()
     self.flops = xla_flops(self.compiled)

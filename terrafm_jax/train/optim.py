@@ -99,8 +99,11 @@ def freeze_for_steps(mask: Any, num_steps: int) -> optax.GradientTransformation:
   def update_fn(updates, state, params=None):
     del params
     frozen = state.count < num_steps
-    updates = jax.tree.map(lambda u, m: jnp.where(frozen, jnp.zeros_like(u), u) if m else u,
-                           updates, mask)
+    # A conditional, not a per-element select: the frozen tensor is the 65k-prototype last layer
+    # (16.8 M values), and a select reads and writes all of it every step (issue #9).
+    updates = jax.tree.map(
+        lambda u, m: jax.lax.cond(frozen, jnp.zeros_like, lambda x: x, u) if m else u,
+        updates, mask)
     return updates, FreezeState(optax.safe_increment(state.count))
 
   return optax.GradientTransformation(init_fn, update_fn)
@@ -131,16 +134,20 @@ def scale_by_adam_delayed(start_steps: Any, b1: float = 0.9, b2: float = 0.999,
     del params
     count = state.count
 
-    def leaf(g, m, v, start):
+    def adam(g, m, v, start):
       m_new = b1 * m + (1.0 - b1) * g
       v_new = b2 * v + (1.0 - b2) * jnp.square(g)
       t = jnp.maximum(count - start + 1, 1).astype(jnp.float32)
       u = (m_new / (1.0 - b1 ** t)) / (jnp.sqrt(v_new / (1.0 - b2 ** t)) + eps)
-      if start > 0:
-        active = count >= start
-        m_new, v_new = jnp.where(active, m_new, m), jnp.where(active, v_new, v)
-        u = jnp.where(active, u, jnp.zeros_like(u))
       return u.astype(g.dtype), m_new.astype(m.dtype), v_new.astype(v.dtype)
+
+    def leaf(g, m, v, start):
+      if start == 0:
+        return adam(g, m, v, start)
+      # Before its start step the tensor keeps its moments and gets no update. A conditional
+      # skips the Adam arithmetic of the (large) frozen tensor; selects would compute it (#9).
+      return jax.lax.cond(count >= start, lambda: adam(g, m, v, start),
+                          lambda: (jnp.zeros_like(g), m, v))
 
     out = jax.tree.map(leaf, updates, state.mu, state.nu, start_steps)
     u, mu, nu = jax.tree.transpose(jax.tree.structure(updates), jax.tree.structure((0, 0, 0)), out)

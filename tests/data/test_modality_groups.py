@@ -147,14 +147,16 @@ def test_grouped_patch_embedding_equals_masked_path():
 
   a, b = jax.jit(masked)(params, x), jax.jit(grouped)(params, x)
   np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-5, rtol=1e-5)
-  ga = jax.grad(lambda p: jnp.sum(masked(p, x) ** 2))(params)
-  gb = jax.grad(lambda p: jnp.sum(grouped(p, x) ** 2))(params)
+  # Jitted: op-by-op autodiff of the encoder dispatches (and compiles) hundreds of tiny programs.
+  ga = jax.jit(jax.grad(lambda p: jnp.sum(masked(p, x) ** 2)))(params)
+  gb = jax.jit(jax.grad(lambda p: jnp.sum(grouped(p, x) ** 2)))(params)
   for u, w in zip(jax.tree.leaves(gb), jax.tree.leaves(ga)):
     np.testing.assert_allclose(np.asarray(u), np.asarray(w), atol=2e-5, rtol=1e-4)
   # A one-off in the inverse permutation would swap views: each output row is its own view's.
   swapped = groups.at[0].set(groups[1]).at[1].set(groups[0])
   if int(groups[0]) != int(groups[1]):
-    c = enc.apply(params, x, masks, groups=swapped, group_sizes=sizes)["cls"]
+    c = jax.jit(lambda p, x: enc.apply(p, x, masks, groups=swapped, group_sizes=sizes)["cls"])(
+        params, x)
     assert not np.allclose(np.asarray(c), np.asarray(a), atol=1e-5)
   # The grouped step runs fewer FLOPs than the masked one (XLA's own count).
   fl = lambda f: jax.jit(f).lower(params, x).compile().cost_analysis()["flops"]  # noqa: E731

@@ -14,9 +14,10 @@ import textwrap
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# Shared by every subprocess of the session: runs with the same program and device count compile
-# once. Cheap LLVM optimisation keeps CPU compiles of the train step short.
-COMPILE_CACHE = tempfile.mkdtemp(prefix="terrafm_train_jaxcache_")
+# Shared by every subprocess of the test run, whichever xdist worker starts it (the workers share
+# their parent): runs with the same program and device count compile once. Cheap LLVM
+# optimisation keeps CPU compiles of the train step short.
+COMPILE_CACHE = os.path.join(tempfile.gettempdir(), f"terrafm_train_jaxcache_{os.getppid()}")
 FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 
@@ -96,3 +97,25 @@ def metrics_of():
 def env_for():
   """subprocess_env(num_devices): the environment of the CLI subprocesses."""
   return subprocess_env
+
+
+def shared_artifact(tmp_path_factory, name: str, build) -> str:
+  """A folder built once per test run even with several xdist workers (they share the parent of
+  their base temp folder; a file lock makes the others wait for it and reuse it)."""
+  import fcntl  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    root = root.parent
+  target = str(root / name)
+  with open(target + ".lock", "w", encoding="utf-8") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not os.path.exists(target + ".done"):
+      build(target)
+      open(target + ".done", "w").close()
+  return target
+
+
+@pytest.fixture(scope="session")
+def shared(tmp_path_factory):
+  """`shared_artifact` as a fixture (test modules cannot import conftest under importlib mode)."""
+  return lambda name, build: shared_artifact(tmp_path_factory, name, build)
