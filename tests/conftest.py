@@ -6,12 +6,17 @@
   compare runs bit for bit compare runs made under the same flags.
 * One persistent compilation cache for the test run, shared by the xdist workers (they share
   their parent process), so a program compiled by one worker is loaded by the other.
+* `shared_artifact`: a folder (a trained workdir, an export) built once per test run, whichever
+  worker asks first.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import sys
 import tempfile
+
+import pytest
 
 FAST_COMPILE = ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true")
 
@@ -22,3 +27,24 @@ if "jax" not in sys.modules:
   os.environ["XLA_FLAGS"] = " ".join(flags)
   os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
       tempfile.gettempdir(), f"terrafm_tests_jaxcache_{os.getppid()}"))
+
+
+@pytest.fixture(scope="session")
+def shared_artifact(tmp_path_factory):
+  """shared_artifact(name, build) -> path: `build(path)` runs once per test run even with several
+  xdist workers (they share the parent of their base temp folder; a file lock makes the others
+  wait and reuse the result)."""
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    root = root.parent
+
+  def get(name: str, build) -> str:
+    target = str(root / name)
+    with open(target + ".lock", "w", encoding="utf-8") as lock:
+      fcntl.flock(lock, fcntl.LOCK_EX)
+      if not os.path.exists(target + ".done"):
+        build(target)
+        open(target + ".done", "w").close()
+    return target
+
+  return get

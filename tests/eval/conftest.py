@@ -1,7 +1,6 @@
 """Shared fixtures of the evaluation tests: a trained workdir, its export, the eo_samples folder."""
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import subprocess
@@ -46,23 +45,8 @@ def eo_samples() -> str:
   return EO_SAMPLES
 
 
-def _shared(tmp_path_factory, name: str, build) -> str:
-  """A session artefact built once per test run, even with several xdist workers: the workers
-  share the parent of their base temp folder, and a file lock makes the others wait and reuse it."""
-  root = tmp_path_factory.getbasetemp()
-  if os.environ.get("PYTEST_XDIST_WORKER"):
-    root = root.parent
-  target = str(root / name)
-  with open(target + ".lock", "w", encoding="utf-8") as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    if not os.path.exists(target + ".done"):
-      build(target)
-      open(target + ".done", "w").close()
-  return target
-
-
 @pytest.fixture(scope="session")
-def trained_workdir(tmp_path_factory) -> str:
+def trained_workdir(shared_artifact) -> str:
   """16 steps of the smoke config (random data) -> a workdir with checkpoints; in-loop k-NN on
   the eo_samples patches every 8 steps (skipped with a warning where they are absent)."""
   def build(wd):
@@ -73,16 +57,16 @@ def trained_workdir(tmp_path_factory) -> str:
                                             "--config.eval.skip_if_missing=True"])
     with open(wd + ".console.json", "w", encoding="utf-8") as f:  # for the console tests
       json.dump({"stdout": proc.stdout, "stderr": proc.stderr}, f)
-  return _shared(tmp_path_factory, "eval_trained_workdir", build)
+  return shared_artifact("eval_trained_workdir", build)
 
 
 @pytest.fixture(scope="session")
-def exported_pth(trained_workdir, tmp_path_factory) -> str:
+def exported_pth(trained_workdir, shared_artifact) -> str:
   def build(folder):
     os.makedirs(folder, exist_ok=True)
     run_module("terrafm_jax.export", ["released", "--workdir", trained_workdir, "--out",
                                       os.path.join(folder, "teacher.pth")])
-  return os.path.join(_shared(tmp_path_factory, "eval_export", build), "teacher.pth")
+  return os.path.join(shared_artifact("eval_export", build), "teacher.pth")
 
 
 @pytest.fixture

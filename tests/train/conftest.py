@@ -98,24 +98,3 @@ def env_for():
   """subprocess_env(num_devices): the environment of the CLI subprocesses."""
   return subprocess_env
 
-
-def shared_artifact(tmp_path_factory, name: str, build) -> str:
-  """A folder built once per test run even with several xdist workers (they share the parent of
-  their base temp folder; a file lock makes the others wait for it and reuse it)."""
-  import fcntl  # pylint: disable=g-import-not-at-top
-  root = tmp_path_factory.getbasetemp()
-  if os.environ.get("PYTEST_XDIST_WORKER"):
-    root = root.parent
-  target = str(root / name)
-  with open(target + ".lock", "w", encoding="utf-8") as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    if not os.path.exists(target + ".done"):
-      build(target)
-      open(target + ".done", "w").close()
-  return target
-
-
-@pytest.fixture(scope="session")
-def shared(tmp_path_factory):
-  """`shared_artifact` as a fixture (test modules cannot import conftest under importlib mode)."""
-  return lambda name, build: shared_artifact(tmp_path_factory, name, build)

@@ -27,10 +27,10 @@ def _subtree(workdir, key):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(shared, cli):
+def uninterrupted(shared_artifact, cli):
   """The uninterrupted 4-step run, once per test run (xdist workers share it; tests copy it)."""
-  return shared("resume_uninterrupted",
-                lambda work: cli([*COMMON, f"--workdir={work}"], num_devices=8))
+  return shared_artifact("resume_uninterrupted",
+                         lambda work: cli([*COMMON, f"--workdir={work}"], num_devices=8))
 
 
 def test_exact_resume_after_sigkill(uninterrupted, tmp_path, cli, metrics_of):
