@@ -27,6 +27,10 @@ def get_base_config(variant: str = "B/16") -> ml_collections.ConfigDict:
   # tiles, METHOD.md 9 #6). total_steps: -1 = num_epochs * steps_per_epoch.
   c.steps_per_epoch = -1
   c.total_steps = -1
+  # Stop cleanly (with a checkpoint) once this step is done, inside a schedule of total_steps:
+  # a time-limited job slot runs a slice of the run and the next start resumes it. The compiled
+  # step depends on total_steps (the schedules), not on where this run stops. 0 = off.
+  c.stop_after_step = 0
 
   c.model = model_config.get_model_config(variant)
   c.model.drop_path_rate = 0.1
@@ -164,6 +168,8 @@ def _validate(c: ml_collections.ConfigDict) -> None:
             "log_every_steps", "checkpoint.every_steps", "checkpoint.keep")
   if c.data.n_local < 0:
     raise ValueError(f"config.data.n_local must be >= 0, got {c.data.n_local}")
+  if c.stop_after_step < 0:
+    raise ValueError(f"config.stop_after_step must be >= 0 (0 = off), got {c.stop_after_step}")
   p = variants.decode_variant(c.model.variant)["patch_size"]
   for f in ("global_size", "local_size"):
     if c.data[f] % p:

@@ -178,7 +178,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   train_step = step_lib.make_train_step(model, tx, scheds, config, contract)
   rep = sharding_lib.replicated(mesh)
-  first_local = next(data_iter) if start_step < total_steps else None
+  # config.stop_after_step: this run ends there (with a checkpoint); the schedules still span
+  # total_steps.
+  end_step = min(total_steps, config.stop_after_step) if config.stop_after_step > 0 else total_steps
+  if start_step >= end_step and start_step < total_steps:
+    console.say(f"config.stop_after_step={config.stop_after_step} is not after the resumed step "
+                f"{start_step}: nothing to train")
+  first_local = next(data_iter) if start_step < end_step else None
   compiled, mem = None, {}
   if first_local is not None:
     first = sharding_lib.global_batch({k: first_local[k] for k in data_source.step_keys(config)}, mesh)
@@ -254,7 +260,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   step = start_step
   with _Preemption(manager) as preempt:
-    while step < total_steps:
+    while step < end_step:
       t0 = time.time()
       local = first_local if first_local is not None else next(data_iter)
       first_local = None
@@ -275,18 +281,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           workdir_lib.append_jsonl(jsonl, {"step": step, **scores})
           console.say(f"step {step}: " + ", ".join(
               f"{k} {v:.1f}" for k, v in scores.items() if not k.endswith("_seconds")))
-      if step % config.log_every_steps == 0 or step == total_steps:
+      planned_stop = step == end_step < total_steps
+      if step % config.log_every_steps == 0 or step == total_steps or planned_stop:
         pending = (step, dev_metrics)
       stop = preempt.stop_at(step)
-      if stop or step == total_steps or step % config.checkpoint.every_steps == 0:
+      if stop or planned_stop or step == total_steps or step % config.checkpoint.every_steps == 0:
         check_finite(step)  # never checkpoint a state that went through a bad step
-        saved = ckpt_lib.save(manager, step, state, data_iter, config, contract, force=stop)
+        saved = ckpt_lib.save(manager, step, state, data_iter, config, contract,
+                              force=stop or planned_stop)
         if saved and step == config.debug.die_after_step:
           flush_pending()
           _die(manager, config.debug.die_after_commit)
       if stop:
         manager.wait_until_finished()
         logging.warning("preempted: checkpoint of step %d written, exiting", step)
+        break
+      if planned_stop:
+        console.say(f"stopped after step {step} of {total_steps} (config.stop_after_step); "
+                    "the next start resumes here")
         break
   flush_pending()
   manager.wait_until_finished()

@@ -13,9 +13,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 EO_SAMPLES = os.path.normpath(os.path.join(REPO, "..", "shared", "eo_samples"))
 
 
-# One persistent compilation cache for every subprocess of this test run (xdist workers share
-# their parent): the CLI runs compile the same programs.
-COMPILE_CACHE = os.path.join(tempfile.gettempdir(), f"terrafm_eval_jaxcache_{os.getppid()}")
+# The test run's one compilation cache (tests/conftest.py) for every subprocess, whichever xdist
+# worker starts it: the CLI runs compile the same programs as each other and as tests/train's.
+COMPILE_CACHE = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(
+    tempfile.gettempdir(), f"terrafm_tests_jaxcache_{os.getppid()}")
 
 
 def subprocess_env() -> dict[str, str]:
@@ -48,10 +49,12 @@ def eo_samples() -> str:
 @pytest.fixture(scope="session")
 def trained_workdir(shared_artifact) -> str:
   """16 steps of the smoke config (random data) -> a workdir with checkpoints; in-loop k-NN on
-  the eo_samples patches every 8 steps (skipped with a warning where they are absent)."""
+  the eo_samples patches every 8 steps (skipped with a warning where they are absent). The
+  schedule is tests/train/test_preemption.py's (the same compiled step)."""
   def build(wd):
     proc = run_module("terrafm_jax.train", ["--config=configs/smoke.py:test", f"--workdir={wd}",
-                                            "--config.num_epochs=1",
+                                            "--config.total_steps=100000",
+                                            "--config.stop_after_step=16",
                                             "--config.write_report=True",
                                             "--config.eval.every_steps=8",
                                             "--config.eval.skip_if_missing=True"])

@@ -14,10 +14,11 @@ import textwrap
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# Shared by every subprocess of the test run, whichever xdist worker starts it (the workers share
-# their parent): runs with the same program and device count compile once. Cheap LLVM
-# optimisation keeps CPU compiles of the train step short.
-COMPILE_CACHE = os.path.join(tempfile.gettempdir(), f"terrafm_train_jaxcache_{os.getppid()}")
+# The test run's one compilation cache (tests/conftest.py), shared by every subprocess whichever
+# xdist worker starts it: runs with the same program and device count compile once (here and in
+# tests/eval). Cheap LLVM optimisation keeps CPU compiles of the train step short.
+COMPILE_CACHE = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(
+    tempfile.gettempdir(), f"terrafm_tests_jaxcache_{os.getppid()}")
 FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 

@@ -86,10 +86,12 @@ def test_gs_workdir_writes_and_resumes_through_the_bucket(tmp_path, gcs_env, env
   cwd = tmp_path / "cwd"
   cwd.mkdir()
   run = f"gs://{BUCKET}/runs/smoke"
+  # Steps 1-2 of a 5-step schedule, then 3-4 (the step program tests/train/test_resume.py's
+  # 1-device resume compiles too, shared through the compilation cache).
   args = [f"--config={REPO}/configs/smoke.py:test", f"--workdir={run}",
-          "--config.checkpoint.every_steps=2"]
-  _train(cwd, env_for, gcs_env, *args, "--config.total_steps=2")
-  resumed = _train(cwd, env_for, gcs_env, *args, "--config.total_steps=4")
+          "--config.checkpoint.every_steps=2", "--config.total_steps=5"]
+  _train(cwd, env_for, gcs_env, *args, "--config.stop_after_step=2")
+  resumed = _train(cwd, env_for, gcs_env, *args, "--config.stop_after_step=4")
   assert "resumed from step 2" in resumed.stderr
 
   root = epath.Path(run)

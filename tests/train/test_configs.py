@@ -50,6 +50,7 @@ def test_paper_recipe_values():
     ("dino.high_freq_classes", (0, 12), "config.dino.high_freq_classes"),
     ("global_batch_size", 0, "config.global_batch_size"),
     ("knn.modality", "s2", "config.knn.modality"),
+    ("stop_after_step", -1, "config.stop_after_step"),
 ])
 def test_invalid_values_name_the_field(field, value, msg):
   from terrafm_jax.train import default_config

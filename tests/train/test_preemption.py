@@ -39,5 +39,11 @@ def test_sigterm_checkpoints_then_resumes(tmp_path, cli, cli_background):
   assert os.path.isdir(os.path.join(work, "checkpoints", str(step)))
   assert glob.glob(os.path.join(work, "**", "*.xplane.pb"), recursive=True), "no profile written"
 
-  resumed = cli([*args[:1], f"--config.total_steps={step + 2}", *args[2:4], f"--workdir={work}"])
+  # The same schedule (hence the same compiled step, from the compilation cache), two more steps.
+  resumed = cli([*args[:4], f"--config.stop_after_step={step + 2}", f"--workdir={work}"])
   assert f"resumed from step {step}" in resumed.stderr
+  assert f"stopped after step {step + 2} of 100000" in resumed.stdout
+  assert os.path.isdir(os.path.join(work, "checkpoints", str(step + 2)))
+  # Restarted with the same stop: nothing left to do, and nothing is trained.
+  again = cli([*args[:4], f"--config.stop_after_step={step + 2}", f"--workdir={work}"])
+  assert "nothing to train" in again.stdout and "train step compiled" not in again.stdout

@@ -1,7 +1,9 @@
 """Checkpoints: exact resume after SIGKILL, torn saves ignored, other device counts, NaN stop.
 
 All runs use `configs/smoke.py:test` (tiny ViT, deterministic random batches) through the real
-entry point, on 8 simulated CPU devices with a data x fsdp mesh.
+entry point, on 8 simulated CPU devices with a data x fsdp mesh. They stop inside one long
+schedule (config.stop_after_step), so runs on the same devices compile the same step program and
+share it through the test run's compilation cache.
 """
 from __future__ import annotations
 
@@ -11,7 +13,8 @@ import shutil
 import numpy as np
 import pytest
 
-COMMON = ("--config=configs/smoke.py:test", "--config.total_steps=4",
+SCHEDULE = "--config.total_steps=100000"
+COMMON = ("--config=configs/smoke.py:test", SCHEDULE, "--config.stop_after_step=4",
           "--config.checkpoint.every_steps=2", "--config.mesh.data=4", "--config.mesh.fsdp=2")
 
 
@@ -62,7 +65,8 @@ def test_resume_on_one_device_and_teacher_restore(uninterrupted, tmp_path, cli, 
   """Saved on 8 devices (fsdp=2), resumed on 1; the teacher alone restores for evaluation."""
   work = str(tmp_path / "c")
   shutil.copytree(uninterrupted, work)
-  # The end-of-run kNN learning check runs too (8 held-out tiles: plumbing, not accuracy).
+  # The end-of-run kNN learning check runs too (8 held-out tiles: plumbing, not accuracy). A run
+  # that reaches total_steps (tests/train/test_cloud_workdir.py compiles the same 1-device step).
   out = cli(["--config=configs/smoke.py:test", "--config.total_steps=5",
              "--config.checkpoint.every_steps=2", f"--workdir={work}",
              "--config.knn.enabled=True", "--config.knn.num_cells=8"], num_devices=1)
@@ -88,9 +92,10 @@ def test_resume_on_four_devices(uninterrupted, tmp_path, cli, metrics_of):
   for n_dev in (4, 8):
     work = str(tmp_path / f"dev{n_dev}")
     shutil.copytree(uninterrupted, work)
-    out = cli(["--config=configs/smoke.py:test", "--config.total_steps=5",
+    out = cli(["--config=configs/smoke.py:test", SCHEDULE, "--config.stop_after_step=5",
                "--config.checkpoint.every_steps=2", "--config.mesh.fsdp=2", f"--workdir={work}"],
               num_devices=n_dev)
+    assert "stopped after step 5 of 100000" in out.stdout
     assert "resumed from step 4" in out.stderr
     assert f"'data': {n_dev // 2}, 'fsdp': 2" in out.stderr
     losses[n_dev] = metrics_of(work)[5]["loss"]
