@@ -38,8 +38,9 @@ case "$job" in
     ;;
   test)
     set +e
-    # Two xdist workers: most tests are bound by single-threaded XLA compilation.
-    "$venv/bin/python" -m pytest -q -n "${TERRAFM_TEST_WORKERS:-2}" "$@"
+    # Two xdist workers: most tests are bound by single-threaded XLA compilation. One test at a
+    # time per worker, longest first (tests/conftest.py), so that both finish together.
+    "$venv/bin/python" -m pytest -q -n "${TERRAFM_TEST_WORKERS:-2}" --maxschedchunk=1 "$@"
     rc=$?
     # pytest exits 5 when it collected no test (e.g. a -k filter); that is not a failure.
     if [ "$rc" -eq 5 ]; then rc=0; fi

@@ -8,6 +8,9 @@
   their parent process), so a program compiled by one worker is loaded by the other.
 * `shared_artifact`: a folder (a trained workdir, an export) built once per test run, whichever
   worker asks first.
+* Longest tests first (LONGEST_FIRST, from `--durations`): launch/run.sh sends xdist workers one
+  test at a time (--maxschedchunk=1), so the two workers finish together instead of one of them
+  running a long subprocess test alone at the end.
 """
 from __future__ import annotations
 
@@ -27,6 +30,32 @@ if "jax" not in sys.modules:
   os.environ["XLA_FLAGS"] = " ".join(flags)
   os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
       tempfile.gettempdir(), f"terrafm_tests_jaxcache_{os.getppid()}"))
+
+
+# Node-id prefixes, longest first. The runs that build a shared artifact (the resume tests'
+# uninterrupted run, tests/eval's trained workdir) come early so that no worker waits for one.
+LONGEST_FIRST = (
+    "tests/train/test_multihost.py::",
+    "tests/train/test_cloud_workdir.py::",
+    "tests/train/test_resume.py::test_exact_resume_after_sigkill",
+    "tests/eval/test_console_report.py::",
+    "tests/train/test_preemption.py::",
+    "tests/train/test_resume.py::",
+    "tests/export/test_torch_parity.py::test_base_released_layout_parity_against_float64",
+    "tests/data/test_modality_groups.py::test_grouped_patch_embedding_equals_masked_path",
+    "tests/train/test_step_sharding_hlo.py::",
+    "tests/notebooks/",
+)
+
+
+def pytest_collection_modifyitems(items):
+  def rank(item):
+    for i, prefix in enumerate(LONGEST_FIRST):
+      if item.nodeid.startswith(prefix):
+        return i
+    return len(LONGEST_FIRST)
+
+  items.sort(key=rank)  # stable: the rest keeps pytest's order
 
 
 @pytest.fixture(scope="session")
