@@ -70,9 +70,7 @@ def build(args, overrides):
 def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--variant", default="S/16")
-  p.add_argument("--batch", type=int, default=8)
-  p.add_argument("--tile_size", type=int, default=256)
-  p.add_argument("--drop_path_rate", type=float, default=0.0)
+  compare_torch.add_step_args(p)
   p.add_argument("--steps", type=int, default=3)
   p.add_argument("--modalities", default="s2_l1c", choices=("s2_l1c", "all"))
   p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

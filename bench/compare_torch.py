@@ -72,6 +72,14 @@ from terrafm_jax.train import views as views_lib  # noqa: E402
 MODALITY = "s2_l1c"
 
 
+def add_step_args(p) -> None:
+  """The flags load_config reads (shared by the bench scripts that build this step)."""
+  p.add_argument("--batch", type=int, default=8, help="global batch (images)")
+  p.add_argument("--tile_size", type=int, default=256, help="random tile size (px)")
+  p.add_argument("--drop_path_rate", type=float, default=0.0,
+                 help="JAX student drop path (the PyTorch encoder has none)")
+
+
 def load_config(variant: str, args):
   spec = importlib.util.spec_from_file_location("terrafm_b_config",
                                                 os.path.join(_ROOT, "configs", "terrafm_b.py"))
@@ -356,10 +364,7 @@ def main():
   p.add_argument("--variants", default="S/16,B/16")
   p.add_argument("--steps", type=int, default=3, help="timed calls (median reported)")
   p.add_argument("--warmup", type=int, default=1, help="untimed calls per side before timing")
-  p.add_argument("--batch", type=int, default=8, help="global batch (images)")
-  p.add_argument("--tile_size", type=int, default=256, help="random tile size (px)")
-  p.add_argument("--drop_path_rate", type=float, default=0.0,
-                 help="JAX student drop path (the PyTorch encoder has none)")
+  add_step_args(p)
   p.add_argument("--forward_variant", default="B/16")
   p.add_argument("--out", default=os.path.join(_ROOT, "bench", "results", "compare_torch.json"))
   p.add_argument("--skip_step", action="store_true")

@@ -73,9 +73,7 @@ def hlo_op_kinds(hlo_text: str) -> dict[str, str]:
 def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--variant", default="S/16")
-  p.add_argument("--batch", type=int, default=8)
-  p.add_argument("--tile_size", type=int, default=256)
-  p.add_argument("--drop_path_rate", type=float, default=0.0)
+  compare_torch.add_step_args(p)
   p.add_argument("--steps", type=int, default=1, help="traced steps")
   p.add_argument("--warmup", type=int, default=1)
   p.add_argument("--top", type=int, default=30)
