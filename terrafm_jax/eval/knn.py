@@ -16,25 +16,36 @@ def _normalize(x: np.ndarray) -> np.ndarray:
   return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
-def knn_predict(train_features: np.ndarray, train_labels: np.ndarray,
-                test_features: np.ndarray, num_classes: int, k: int = 20,
-                temperature: float = 0.07, chunk: int = 1024) -> np.ndarray:
-  """(n_test,) predicted class indices."""
+def _check(train_features, train_labels, k: int) -> int:
+  """k capped at the training set size, after the input checks shared by both predictors."""
   if len(train_features) != len(train_labels):
     raise ValueError(f"{len(train_features)} training features but {len(train_labels)} labels")
   if k <= 0:
     raise ValueError(f"k must be positive, got {k}")
-  k = min(k, len(train_features))
+  return min(k, len(train_features))
+
+
+def _top_k(train: np.ndarray, queries: np.ndarray, k: int,
+           temperature: float) -> tuple[np.ndarray, np.ndarray]:
+  """Indices (q, k) of the k most cosine-similar training rows (unordered) and their weights
+  exp(sim / T); `train` is already normalised."""
+  sim = _normalize(queries) @ train.T                                 # (q, n_train)
+  idx = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+  return idx, np.exp(np.take_along_axis(sim, idx, axis=1) / temperature)
+
+
+def knn_predict(train_features: np.ndarray, train_labels: np.ndarray,
+                test_features: np.ndarray, num_classes: int, k: int = 20,
+                temperature: float = 0.07, chunk: int = 1024) -> np.ndarray:
+  """(n_test,) predicted class indices."""
+  k = _check(train_features, train_labels, k)
   train = _normalize(train_features)
   labels = np.asarray(train_labels, np.int64)
   preds = []
   for lo in range(0, len(test_features), chunk):
-    sim = _normalize(test_features[lo:lo + chunk]) @ train.T        # (q, n_train)
-    idx = np.argpartition(-sim, k - 1, axis=1)[:, :k]                 # top-k, unordered
-    top_sim = np.take_along_axis(sim, idx, axis=1)
-    weights = np.exp(top_sim / temperature)
-    votes = np.zeros((len(sim), num_classes))
-    np.add.at(votes, (np.arange(len(sim))[:, None], labels[idx]), weights)
+    idx, weights = _top_k(train, test_features[lo:lo + chunk], k, temperature)
+    votes = np.zeros((len(idx), num_classes))
+    np.add.at(votes, (np.arange(len(idx))[:, None], labels[idx]), weights)
     preds.append(np.argmax(votes, axis=1))
   return np.concatenate(preds) if preds else np.zeros((0,), np.int64)
 
@@ -43,14 +54,6 @@ def knn_accuracy(train_features, train_labels, test_features, test_labels, num_c
                  k: int = 20, temperature: float = 0.07) -> float:
   pred = knn_predict(train_features, train_labels, test_features, num_classes, k, temperature)
   return float(np.mean(pred == np.asarray(test_labels)))
-
-
-def _top_k(train: np.ndarray, queries: np.ndarray, k: int,
-           temperature: float) -> tuple[np.ndarray, np.ndarray]:
-  """Indices (q, k) of the k most cosine-similar training rows and their weights exp(sim / T)."""
-  sim = _normalize(queries) @ train.T
-  idx = np.argpartition(-sim, k - 1, axis=1)[:, :k]
-  return idx, np.exp(np.take_along_axis(sim, idx, axis=1) / temperature)
 
 
 def knn_predict_multilabel(train_features: np.ndarray, train_labels: np.ndarray,
@@ -65,11 +68,7 @@ def knn_predict_multilabel(train_features: np.ndarray, train_labels: np.ndarray,
   labels = np.asarray(train_labels)
   if labels.ndim != 2:
     raise ValueError(f"multilabel train_labels must be (n_train, C) 0/1, got shape {labels.shape}")
-  if len(train_features) != len(labels):
-    raise ValueError(f"{len(train_features)} training features but {len(labels)} labels")
-  if k <= 0:
-    raise ValueError(f"k must be positive, got {k}")
-  k = min(k, len(train_features))
+  k = _check(train_features, labels, k)
   train = _normalize(train_features)
   pos_labels = (labels > 0).astype(np.float64)
   preds = []

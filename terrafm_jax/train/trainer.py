@@ -281,7 +281,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           workdir_lib.append_jsonl(jsonl, {"step": step, **scores})
           console.say(f"step {step}: " + ", ".join(
               f"{k} {v:.1f}" for k, v in scores.items() if not k.endswith("_seconds")))
-      planned_stop = step == end_step < total_steps
+      planned_stop = end_step < total_steps and step == end_step
       if step % config.log_every_steps == 0 or step == total_steps or planned_stop:
         pending = (step, dev_metrics)
       stop = preempt.stop_at(step)
