@@ -1,11 +1,12 @@
 """Suite-wide settings, applied before any test module imports jax.
 
 * Cheap LLVM optimisation for every XLA:CPU compilation of the test process (the subprocess
-  helpers of tests/train and tests/eval set the same flags): most of the suite's time is
+  helpers of tests/train and tests/eval pass these XLA_FLAGS on): most of the suite's time is
   compiling small programs once, not running them. The numerics are IEEE either way; tests that
   compare runs bit for bit compare runs made under the same flags.
 * One persistent compilation cache for the test run, shared by the xdist workers (they share
-  their parent process), so a program compiled by one worker is loaded by the other.
+  their parent process) and by every subprocess they start (they inherit the variable), so a
+  program compiled once is loaded everywhere else.
 * `shared_artifact`: a folder (a trained workdir, an export) built once per test run, whichever
   worker asks first.
 * Longest tests first (LONGEST_FIRST, from `--durations`): launch/run.sh sends xdist workers one
@@ -28,8 +29,9 @@ if "jax" not in sys.modules:
   names = {f.split("=")[0] for f in flags}
   flags += [f for f in FAST_COMPILE if f.split("=")[0] not in names]
   os.environ["XLA_FLAGS"] = " ".join(flags)
-  os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
-      tempfile.gettempdir(), f"terrafm_tests_jaxcache_{os.getppid()}"))
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
+    tempfile.gettempdir(), f"terrafm_tests_jaxcache_{os.getppid()}"))
+
 
 
 # Node-id prefixes, longest first. The runs that build a shared artifact (the resume tests'

@@ -5,7 +5,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 
 import pytest
 
@@ -13,17 +12,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 EO_SAMPLES = os.path.normpath(os.path.join(REPO, "..", "shared", "eo_samples"))
 
 
-# The test run's one compilation cache (tests/conftest.py) for every subprocess, whichever xdist
-# worker starts it: the CLI runs compile the same programs as each other and as tests/train's.
-COMPILE_CACHE = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(
-    tempfile.gettempdir(), f"terrafm_tests_jaxcache_{os.getppid()}")
-
-
 def subprocess_env() -> dict[str, str]:
+  """The test process' environment (tests/conftest.py: cheap LLVM optimisation and the run's one
+  compilation cache, so the CLI runs share programs with each other and with tests/train's) on
+  one CPU device (the last device-count flag wins)."""
   env = dict(os.environ)
-  env["JAX_COMPILATION_CACHE_DIR"] = COMPILE_CACHE
-  env["XLA_FLAGS"] = ("--xla_force_host_platform_device_count=1 "
-                      "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
+  env["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=1"
   env["JAX_PLATFORMS"] = "cpu"
   env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
   env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -42,9 +42,10 @@ def kernel_env(tmp_path_factory):
   env = {
       "JUPYTER_PATH": str(prefix / "share" / "jupyter"),
       "JAX_PLATFORMS": "cpu",
-      # The tests' fast-compile flags (tests/eval/conftest.py): XLA:CPU compile time dominates.
-      "XLA_FLAGS": "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true",
-      "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax_cache")),
+      # The test run's fast-compile flags and compilation cache (tests/conftest.py): XLA:CPU
+      # compile time dominates.
+      "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+      "JAX_COMPILATION_CACHE_DIR": os.environ["JAX_COMPILATION_CACHE_DIR"],
       "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
       "TF_CPP_MIN_LOG_LEVEL": "2",
       "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),

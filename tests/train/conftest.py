@@ -8,24 +8,20 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
 import textwrap
 
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# The test run's one compilation cache (tests/conftest.py), shared by every subprocess whichever
-# xdist worker starts it: runs with the same program and device count compile once (here and in
-# tests/eval). Cheap LLVM optimisation keeps CPU compiles of the train step short.
-COMPILE_CACHE = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(
-    tempfile.gettempdir(), f"terrafm_tests_jaxcache_{os.getppid()}")
-FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 
 def subprocess_env(num_devices: int) -> dict[str, str]:
+  """The test process' environment (tests/conftest.py: cheap LLVM optimisation, the run's one
+  compilation cache, so runs with the same program and device count compile once, here and in
+  tests/eval) with `num_devices` simulated CPU devices (the last device-count flag wins)."""
   env = dict(os.environ)
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={num_devices} {FAST_COMPILE}"
-  env["JAX_COMPILATION_CACHE_DIR"] = COMPILE_CACHE
+  env["XLA_FLAGS"] = (f"{os.environ.get('XLA_FLAGS', '')} "
+                      f"--xla_force_host_platform_device_count={num_devices}").strip()
   env["JAX_PLATFORMS"] = "cpu"
   env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
   # These tests read the trainer's INFO lines (resume, mesh, warnings) from stderr; the console
@@ -98,4 +94,3 @@ def metrics_of():
 def env_for():
   """subprocess_env(num_devices): the environment of the CLI subprocesses."""
   return subprocess_env
-
