@@ -243,7 +243,7 @@ def test_dense_is_drop_in_for_nn_dense(shape):
 
 
 def test_attention_core_matches_dot_product_attention():
-  from terrafm_jax.models.vit import attention_core
+  from terrafm_jax.models.attention import attention_core
   kq, kk, kv, kg = jax.random.split(jax.random.PRNGKey(0), 4)
   q, k, v = (jax.random.normal(key, (2, 13, 4, 8)) for key in (kq, kk, kv))
   ref = jax.nn.dot_product_attention(q, k, v, scale=8 ** -0.5)
@@ -254,6 +254,30 @@ def test_attention_core_matches_dot_product_attention():
                    (0, 1, 2))(q, k, v)
   for a, b in zip(g_new, g_ref):
     _close(a, b)
+
+
+def test_attention_core_vjp_under_remat_and_bfloat16():
+  """The hand-written VJP (models/attention.py) inside jax.checkpoint, and in bfloat16: the
+  gradients follow float32 autodiff of jax.nn.dot_product_attention to bfloat16 rounding."""
+  from terrafm_jax.models.attention import attention_core
+  kq, kk, kv, kg = jax.random.split(jax.random.PRNGKey(1), 4)
+  q, k, v = (jax.random.normal(key, (3, 17, 2, 16)) for key in (kq, kk, kv))
+  g = jax.random.normal(kg, q.shape)
+  scale = 16 ** -0.5
+  ref = jax.grad(lambda *a: jnp.sum(jax.nn.dot_product_attention(*a, scale=scale) * g),
+                 (0, 1, 2))(q, k, v)
+  remat = jax.jit(jax.grad(jax.checkpoint(lambda *a: jnp.sum(attention_core(*a, scale) * g)),
+                           (0, 1, 2)))(q, k, v)
+  for a, b in zip(remat, ref):
+    _close(a, b)
+  bf = [t.astype(jnp.bfloat16) for t in (q, k, v)]
+  out = attention_core(*bf, scale)
+  assert out.dtype == jnp.bfloat16
+  g_bf = jax.grad(lambda *a: jnp.sum(attention_core(*a, scale).astype(jnp.float32) * g),
+                  (0, 1, 2))(*bf)
+  for a, b in zip(g_bf, ref):
+    assert a.dtype == jnp.bfloat16
+    _close(a, b, rtol=3e-2)
 
 
 def test_gelu_is_exact_erf_gelu():
