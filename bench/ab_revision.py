@@ -19,13 +19,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tarfile
 import tempfile
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(_ROOT, "bench"))
+
+import interleave  # noqa: E402  (bench/ helper)
+
 _TAG = "AB_REVISION "
 
 _WORKER = r"""
@@ -114,20 +117,14 @@ def main():
       print(f"A = {rev}, B = work tree; {args.variant}, batch {args.batch}, "
             f"{args.tile_size}-px tiles; compile A {sides['A'].compile_s:.1f} s, "
             f"B {sides['B'].compile_s:.1f} s", flush=True)
-      times = {"A": [], "B": []}
-      for i in range(args.steps):
-        for name, w in sides.items():
-          times[name].append(w.ask("step")["step_s"])
-        print(f"  pair {i}: A {times['A'][-1]:.2f} s, B {times['B'][-1]:.2f} s", flush=True)
+      med = interleave.interleave({name: (lambda w=w: w.ask("step")["step_s"])
+                                   for name, w in sides.items()}, args.steps)
       losses = {name: w.close() for name, w in sides.items()}
     finally:
       for w in sides.values():
         if w.proc.poll() is None:
           w.proc.kill()
-  ta, tb = statistics.median(times["A"]), statistics.median(times["B"])
-  print(f"{args.variant}: A ({rev}) {ta:.3f} s, B (work tree) {tb:.3f} s; B speed-up "
-        f"{ta / tb:.3f}x (median of {args.steps}); last loss A {losses['A']:.6f}, "
-        f"B {losses['B']:.6f}")
+  interleave.report(f"{args.variant}, A = {rev}, B = work tree", med, losses, args.steps)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import ast
 import os
-import statistics
 import sys
 import time
 
@@ -26,6 +25,7 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [p for p in (_ROOT, os.path.join(_ROOT, "bench")) if p not in sys.path]
 
 import compare_torch  # noqa: E402
+import interleave  # noqa: E402
 from terrafm_jax.data.contract import MODALITIES  # noqa: E402
 from terrafm_jax.train import data_source, metrics, trainer  # noqa: E402
 
@@ -92,18 +92,15 @@ def main():
     b.compile_s = time.perf_counter() - t0
   print(f"B = A with {what}\ncompile: A {a.compile_s:.1f} s, B {b.compile_s:.1f} s; model FLOPs/step "
         f"{f_a / 1e9:.0f} G vs {f_b / 1e9:.0f} G; XLA flops {a.flops:.4g} vs {b.flops:.4g}", flush=True)
-  times = {"A": [], "B": []}
-  for i in range(args.steps):
-    for name, step in (("A", a), ("B", b)):
-      step.step()  # untimed: the first call after a switch runs slower on a shared 2-core machine
-      t0 = time.perf_counter()
-      step.step()
-      times[name].append(time.perf_counter() - t0)
-    print(f"  step {i}: A {times['A'][-1]:.2f} s, B {times['B'][-1]:.2f} s", flush=True)
-  ta, tb = statistics.median(times["A"]), statistics.median(times["B"])
-  print(f"{args.variant} ({args.modalities}): A {ta:.3f} s, B {tb:.3f} s; B speed-up {ta / tb:.2f}x "
-        f"(median of {args.steps}; loss A {float(a.metrics['loss']):.6f}, "
-        f"B {float(b.metrics['loss']):.6f})")
+  def timed(step):
+    step.step()  # untimed: the first call after a switch runs slower on a shared 2-core machine
+    t0 = time.perf_counter()
+    step.step()
+    return time.perf_counter() - t0
+
+  med = interleave.interleave({"A": lambda: timed(a), "B": lambda: timed(b)}, args.steps)
+  interleave.report(f"{args.variant} ({args.modalities})", med,
+                    {"A": float(a.metrics["loss"]), "B": float(b.metrics["loss"])}, args.steps)
 
 
 if __name__ == "__main__":

@@ -7,30 +7,6 @@ from __future__ import annotations
 import json
 
 CODE = r"""
-import json
-import numpy as np
-import jax, flax
-from terrafm_jax.train import data_source, schedules, sharding, optim, trainer
-from terrafm_jax.train import state as state_lib, step as step_lib
-from terrafm_jax.models import terrafm
-import importlib.util
-spec = importlib.util.spec_from_file_location("smoke", "configs/smoke.py")
-mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
-config = mod.get_config("test")
-config.unlock()
-config.mesh.data, config.mesh.fsdp = 1, 1
-mesh = sharding.make_mesh(config.mesh)
-rules = sharding.logical_rules(config)
-data = data_source.make_train_data(config, "/tmp/unused")
-config = trainer.resolve_config(config, data.num_examples)
-model = terrafm.build_dino(config.model)
-scheds = schedules.make_schedules(config)
-param_init = state_lib.make_param_init_fn(model, config, 1, data.contract.num_channels)
-rng = jax.random.PRNGKey(0)
-tx = optim.make_optimizer(config, sharding.unbox(jax.eval_shape(param_init, rng)), scheds)
-init = state_lib.make_state_init_fn(param_init, tx, config.model.head.out_dim)
-sh = state_lib.state_shardings(param_init, tx, rng, mesh, rules)
-keys = data_source.step_keys(config)
 with jax.set_mesh(mesh):
   state = state_lib.create_sharded_state(init, sh, rng, rules)
 local = next(data.iterator)
@@ -67,8 +43,8 @@ print(json.dumps(out))
 """
 
 
-def test_non_finite_step_leaves_state_untouched(run_py):
-  r = json.loads(run_py(CODE, num_devices=1).strip().splitlines()[-1])
+def test_non_finite_step_leaves_state_untouched(run_py, step_setup):
+  r = json.loads(run_py(step_setup(1) + CODE, num_devices=1).strip().splitlines()[-1])
   for name in ("student", "teacher", "opt_state", "centers"):
     # poisoned step: unchanged bit for bit; the finite step after it: changed.
     assert r[name][1:] == [True, False], (name, r)
