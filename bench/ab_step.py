@@ -1,6 +1,6 @@
 """Before/after, same process: the project's train step under two configs, calls interleaved.
 
-  python bench/ab_step.py --variant=S/16 --set=model.attention_head_groups=2
+  python bench/ab_step.py --variant=S/16 --set=model.remat=True
   python bench/ab_step.py --set=data.modality_groups=False --modalities=all --steps=3
   python bench/ab_step.py --xla=xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT
 
