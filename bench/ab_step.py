@@ -67,6 +67,19 @@ def build(args, overrides):
   return compare_torch.JaxStep(config, host), metrics.step_flops(config)
 
 
+def parse_xla(item: str) -> tuple[str, object]:
+  """NAME=VALUE -> (name, value); compile() wants Python bools and ints, enums as their names."""
+  name, sep, raw = item.partition("=")
+  if not sep or not name:
+    raise SystemExit(f"--xla expects NAME=VALUE, got {item!r}")
+  if raw.lower() in ("true", "false"):
+    return name, raw.lower() == "true"
+  try:
+    return name, int(raw)
+  except ValueError:
+    return name, raw
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--variant", default="S/16")
@@ -79,7 +92,7 @@ def main():
                  help="XLA compiler option for B's step (repeatable)")
   args = p.parse_args()
   overrides = [parse_set(s) for s in args.set]
-  xla_options = dict(o.split("=", 1) for o in args.xla)
+  xla_options = dict(parse_xla(o) for o in args.xla)
   if not overrides and not xla_options:
     raise SystemExit("give at least one --set KEY=VALUE or --xla NAME=VALUE (what B changes)")
   what = ", ".join([f"{k}={v!r}" for k, v in overrides] + [f"XLA {k}={v}" for k, v in

@@ -63,6 +63,37 @@ def dense(features: int, names: tuple[str | None, str | None], *, use_bias: bool
       name=name)
 
 
+class DenseParams(nn.Module):
+  """A Dense's parameters (same names, shapes, init draws and order: `kernel` (in, out), then
+  `bias` (out,)), returned rather than applied, for callers that combine two linear maps before
+  touching the activations (TokenProjection's proj2 -> proj3)."""
+  in_features: int
+  features: int
+  use_bias: bool = True
+  param_dtype: Dtype = jnp.float32
+  kernel_init: Callable = nn.initializers.lecun_normal()
+  bias_init: Callable = nn.initializers.zeros_init()
+
+  @nn.compact
+  def __call__(self) -> tuple[jnp.ndarray, jnp.ndarray | None]:
+    kernel = self.param("kernel", self.kernel_init, (self.in_features, self.features),
+                        self.param_dtype)
+    bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+            if self.use_bias else None)
+    return kernel, bias
+
+
+def dense_params(in_features: int, features: int, names: tuple[str | None, str | None], *,
+                 param_dtype: Dtype = jnp.float32, kernel_init: Callable = trunc_normal_02,
+                 name: str | None = None) -> DenseParams:
+  """DenseParams with `dense`'s initialisers and logical partitioning (kernel and bias)."""
+  return DenseParams(
+      in_features, features, param_dtype=param_dtype,
+      kernel_init=nn.with_logical_partitioning(kernel_init, names),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (names[1],)),
+      name=name)
+
+
 def layer_norm(axis_name: str, *, epsilon: float, dtype: Dtype = jnp.float32,
                param_dtype: Dtype = jnp.float32, name: str | None = None) -> nn.LayerNorm:
   """LayerNorm with two-pass variance (as PyTorch) and named scale/bias."""

@@ -14,12 +14,15 @@ with N patch tokens (+1 CLS), width d, depth L, MLP m, A = 3d, N_q fusion querie
     case 1        2 * N * A^2                    proj1 of the selected modality's tokens
     fusion        2 * N * (2 M A^2               proj1 (values) and key of every modality
                            + 2 N_q M A + N_q A)  attention logits and values, query scores
-    output        2 * N * (A^2 + A d)            proj2, proj3
+    output        2 * N * A d                    proj3(proj2(.)) as one product of the weights
     blocks        L * [2 * (N+1) * (4 d^2 + 2 d m) + 4 * (N+1)^2 * d]
     head          2 * (d h + (nlayers-2) h^2 + h b + b K)
 The released single-modality path (`fused=False`) has one stem, proj1-3 and no fusion.
   step = 3 x student forward (forward + backward = 3 forwards) on all crops
-       + 1 x teacher forward on the global crops.
+       + 1 x teacher forward on the global crops
+       + the weight products W2 W3 (2 A^2 d each; they do not grow with the batch): one in the
+         teacher's forward, one in the student's (its calls on global and local crops compute
+         the same product, which XLA merges) and two in the backward of each student call.
 """
 from __future__ import annotations
 
@@ -71,11 +74,18 @@ def encoder_forward_flops(model_cfg: ml_collections.ConfigDict, img_size: int,
   channels = (2, 12, 12) if fused else (channels,)
   stems = sum(2 * n * p * p * c * a for c in channels)
   mods = len(channels)
-  proj = 2 * n * (a * a) + 2 * n * (a * a + a * d)
+  proj = 2 * n * (a * a) + 2 * n * (a * d)  # proj1; proj2 and proj3 as one (A, d) product
   fusion = 2 * n * (2 * mods * a * a + 2 * nq * mods * a + nq * a) if fused else 0
   t = n + 1
   blocks = depth * (2 * t * (4 * d * d + 2 * d * m) + 4 * t * t * d)
   return float(stems + proj + fusion + blocks)
+
+
+def output_weight_flops(model_cfg: ml_collections.ConfigDict) -> float:
+  """One TokenProjection.output_weights call (W2 W3 and b2 W3): per encoder call, not per image."""
+  d = variants.decode_variant(model_cfg.variant)["width"]
+  a = 3 * d
+  return float(2 * a * a * d + 2 * a * d)
 
 
 def head_flops(model_cfg: ml_collections.ConfigDict) -> float:
@@ -110,7 +120,10 @@ def step_flops(config: ml_collections.ConfigDict) -> float:
   teacher = _family_flops(config, dc.global_size, dc.n_global, "teacher")
   student = (_family_flops(config, dc.global_size, dc.n_global, "student_global")
              + _family_flops(config, dc.local_size, dc.n_local, "student_local"))
-  return float(config.global_batch_size * (3 * student + teacher))
+  student_calls = 2 if dc.n_local else 1
+  products = 1 + 1 + 2 * student_calls  # teacher, student forward, student backward per call
+  return float(config.global_batch_size * (3 * student + teacher)
+               + products * output_weight_flops(config.model))
 
 
 def peak_flops_per_device(config: ml_collections.ConfigDict) -> float | None:
