@@ -35,8 +35,9 @@ each timed call follows an untimed call of the same side, see train_steps):
 
 ratio = PyTorch seconds / JAX seconds (> 1: JAX is faster). The JSON also holds each call's process
 CPU seconds, XLA's cost-analysis FLOPs of the compiled JAX step, and the model FLOPs per step of
-both sides (`metrics.step_flops`: what the JAX step runs, per modality group; the same count
-for the released single-stem path = the PyTorch side); the table prints a per-FLOP ratio too. Thread counts are left at their
+both sides (`metrics.step_flops`: what the JAX step runs, per modality group; for the PyTorch
+side the released single-stem path with proj2 and proj3 as two layers, where the JAX
+TokenProjection applies their product once); the table prints a per-FLOP ratio too. Thread counts are left at their
 defaults on both sides (XLA's CPU pool and torch.get_num_threads()).
 """
 from __future__ import annotations
@@ -62,7 +63,7 @@ import torch  # noqa: E402
 
 from terrafm_jax.data import modality_groups  # noqa: E402
 from terrafm_jax.data.contract import DEFAULT_CONTRACT, MODALITIES  # noqa: E402
-from terrafm_jax.models import terrafm  # noqa: E402
+from terrafm_jax.models import terrafm, variants  # noqa: E402
 from terrafm_jax.train import data_source, metrics, optim, schedules, sharding  # noqa: E402
 from terrafm_jax.train import state as state_lib  # noqa: E402
 from terrafm_jax.train import step as step_lib  # noqa: E402
@@ -113,7 +114,12 @@ def released_step_flops(config) -> float:
   """metrics.step_flops for the released single-stem path (one stem, no fusion): the PyTorch
   side's model FLOPs. metrics.step_flops itself counts the JAX step's masked path."""
   mc, dc = config.model, config.data
-  one = lambda s: metrics.encoder_forward_flops(mc, s, fused=False) + metrics.head_flops(mc)  # noqa: E731
+  dims = variants.decode_variant(mc.variant)
+  a, p = 3 * dims["width"], dims["patch_size"]
+  # + proj2 on every token: PyTorch runs proj2 and proj3 as two layers, which the JAX
+  # TokenProjection folds into one product of the weights (metrics.encoder_forward_flops).
+  one = lambda s: (metrics.encoder_forward_flops(mc, s, fused=False) + metrics.head_flops(mc)  # noqa: E731
+                   + 2 * (s // p) ** 2 * a * a)
   student = dc.n_global * one(dc.global_size) + dc.n_local * one(dc.local_size)
   return float(config.global_batch_size * (3 * student + dc.n_global * one(dc.global_size)))
 
