@@ -117,14 +117,14 @@ def main():
       print(f"A = {rev}, B = work tree; {args.variant}, batch {args.batch}, "
             f"{args.tile_size}-px tiles; compile A {sides['A'].compile_s:.1f} s, "
             f"B {sides['B'].compile_s:.1f} s", flush=True)
-      med = interleave.interleave({name: (lambda w=w: w.ask("step")["step_s"])
+      times = interleave.interleave({name: (lambda w=w: w.ask("step")["step_s"])
                                    for name, w in sides.items()}, args.steps)
       losses = {name: w.close() for name, w in sides.items()}
     finally:
       for w in sides.values():
         if w.proc.poll() is None:
           w.proc.kill()
-  interleave.report(f"{args.variant}, A = {rev}, B = work tree", med, losses, args.steps)
+  interleave.report(f"{args.variant}, A = {rev}, B = work tree", times, losses)
 
 
 if __name__ == "__main__":

@@ -8,10 +8,10 @@
 K = 65,536, batch --batch, 256-px random tiles); "B" is the same with every --set KEY=VALUE applied
 (a config path and a Python literal, as the trainer's --config.KEY=VALUE flags) and compiled with
 every --xla NAME=VALUE XLA option (`compile(compiler_options=...)`, B only; enum values by their
-full name, as in the example). --modalities picks
-the draws: "s2_l1c" (every view single L1C, the compare_torch setting) or "all" (METHOD.md 4 reading
-a over the three modalities). Calls alternate A, B, A, B, ... after one untimed call each, so load
-from other processes hits both alike; the medians and their ratio are printed.
+full name, as in the example; true/false and integers as such). --modalities picks the draws:
+"s2_l1c" (every view single L1C, the compare_torch setting) or "all" (METHOD.md 4 reading a over
+the three modalities). Calls alternate A, B, A, B, ... after one untimed call each, so load from
+other processes hits both alike; the medians, their ratio and the per-round ratios are printed.
 """
 from __future__ import annotations
 
@@ -111,9 +111,9 @@ def main():
     step.step()
     return time.perf_counter() - t0
 
-  med = interleave.interleave({"A": lambda: timed(a), "B": lambda: timed(b)}, args.steps)
-  interleave.report(f"{args.variant} ({args.modalities})", med,
-                    {"A": float(a.metrics["loss"]), "B": float(b.metrics["loss"])}, args.steps)
+  times = interleave.interleave({"A": lambda: timed(a), "B": lambda: timed(b)}, args.steps)
+  interleave.report(f"{args.variant} ({args.modalities})", times,
+                    {"A": float(a.metrics["loss"]), "B": float(b.metrics["loss"])})
 
 
 if __name__ == "__main__":
