@@ -101,7 +101,9 @@ def main():
   b, f_b = build(args, overrides)
   if xla_options:
     t0 = time.perf_counter()
-    b.compiled = b.lowered.compile(compiler_options=xla_options)
+    # On top of the config's own CPU options (config.xla_cpu_options), which A compiles with.
+    base = trainer.compiler_options(b.config) or {}
+    b.compiled = b.lowered.compile(compiler_options={**base, **xla_options})
     b.compile_s = time.perf_counter() - t0
   print(f"B = A with {what}\ncompile: A {a.compile_s:.1f} s, B {b.compile_s:.1f} s; model FLOPs/step "
         f"{f_a / 1e9:.0f} G vs {f_b / 1e9:.0f} G; XLA flops {a.flops:.4g} vs {b.flops:.4g}", flush=True)

@@ -148,6 +148,7 @@ class JaxStep:
   """The project's jitted, donated train step, built as bench/train_step.py builds it."""
 
   def __init__(self, config, host_batches):
+    self.config = config
     mesh = sharding.make_mesh(config.mesh)
     rules = sharding.logical_rules(config)
     model = terrafm.build_dino(config.model)
@@ -176,7 +177,7 @@ class JaxStep:
     with jax.set_mesh(mesh), __import__("flax").linen.logical_axis_rules(rules):
       t0 = time.perf_counter()
       self.lowered = fn.lower(self.state, self.batches[0])
-      self.compiled = self.lowered.compile()
+      self.compiled = self.lowered.compile(compiler_options=trainer.compiler_options(config))
       self.compile_s = time.perf_counter() - t0
       self.views_c = views_fn.lower(self.batches[0]).compile()
     self.flops = xla_flops(self.compiled)

@@ -88,6 +88,12 @@ def resolve_config(config: ml_collections.ConfigDict,
   return c
 
 
+def compiler_options(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
+  """The train step's XLA options: config.xla_cpu_options on the CPU backend, else none."""
+  opts = dict(config.get("xla_cpu_options", ()))
+  return opts if opts and jax.default_backend() == "cpu" else None
+
+
 def _check_landcover(config: ml_collections.ConfigDict, labelled_fraction: float) -> str:
   """Dual centering needs land-cover labels; without any, say so (or stop)."""
   if labelled_fraction > 0 or config.dino.alpha >= 1.0 or not config.dino.high_freq_classes:
@@ -193,7 +199,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                      donate_argnums=(0,))
     t0 = time.time()
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-      compiled = jitted.lower(state, first).compile()
+      compiled = jitted.lower(state, first).compile(compiler_options=compiler_options(config))
     logging.info("train step compiled in %.1f s", time.time() - t0)
     mem = metrics_lib.log_memory_analysis(compiled)
     console.say(f"train step compiled in {time.time() - t0:.1f} s"

@@ -51,6 +51,7 @@ def test_paper_recipe_values():
     ("global_batch_size", 0, "config.global_batch_size"),
     ("knn.modality", "s2", "config.knn.modality"),
     ("stop_after_step", -1, "config.stop_after_step"),
+    ("xla_cpu_options", (("only_a_name",),), "config.xla_cpu_options"),
 ])
 def test_invalid_values_name_the_field(field, value, msg):
   from terrafm_jax.train import default_config
@@ -76,6 +77,23 @@ def test_cli_rejects_bad_override(cli):
   out = cli(["--config=configs/smoke.py:test", "--workdir=/tmp/terrafm_bad_cfg",
              "--config.dino.alpha=2.0"], expect_rc=2, timeout=120)
   assert "config.dino.alpha must be in [0, 1]" in out.stderr
+
+
+def test_xla_cpu_options_reach_the_cpu_compile_only_when_set():
+  from terrafm_jax.train import trainer
+  c = _load("terrafm_b").get_config()
+  assert trainer.compiler_options(c) is None  # default: XLA's own
+  c.xla_cpu_options = (("xla_cpu_experimental_ynn_fusion_type",
+                        "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE"),)
+  assert trainer.compiler_options(c) == {  # the suite runs on the CPU backend
+      "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
+
+
+def test_cli_overrides_xla_cpu_options(cli):
+  out = cli(["--config=configs/smoke.py:test", "--workdir=/tmp/terrafm_bad_cfg",
+             '--config.xla_cpu_options=(("xla_cpu_prefer_vector_width",),)'], expect_rc=2,
+            timeout=120)
+  assert "config.xla_cpu_options must hold (name, value) pairs" in out.stderr
 
 
 def test_knn_weighted_vote():
