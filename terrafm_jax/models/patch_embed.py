@@ -28,6 +28,8 @@ from terrafm_jax.models.layers import (PatchConv, dense, dense_params, layer_nor
                                        torch_default_conv_init)
 
 Dtype = Any
+# TokenProjection.output_weights(): (W2 W3, b2 W3 + b3), shared by the calls of one forward pass.
+OutputWeights = tuple[jnp.ndarray, jnp.ndarray]
 
 # Input channels of each stem (contract band counts: S1 VV,VH; S2 12 bands, L1C without B10).
 STEM_CHANNELS: dict[str, int] = {"s1": 2, "s2_l1c": 12, "s2_l2a": 12}
@@ -69,7 +71,7 @@ class TokenProjection(nn.Module):
   def norm(self, v):
     return self.norm_input(v)
 
-  def output_weights(self) -> tuple[jnp.ndarray, jnp.ndarray]:
+  def output_weights(self) -> OutputWeights:
     """(W2 W3, b2 W3 + b3) in the parameter dtype, at full precision (TPUs and GPUs would
     otherwise round an f32 product through bf16/tf32 passes); weight-sized, once per call."""
     k2, b2 = self.proj2()
@@ -77,14 +79,14 @@ class TokenProjection(nn.Module):
     hi = jax.lax.Precision.HIGHEST
     return jnp.dot(k2, k3, precision=hi), jnp.dot(b2, k3, precision=hi) + b3
 
-  def output(self, z, weights: tuple[jnp.ndarray, jnp.ndarray] | None = None):
+  def output(self, z, weights: OutputWeights | None = None):
     """proj3(proj2(z)); `weights` from `output_weights()` when several calls share them."""
     kernel, bias = self.output_weights() if weights is None else weights
     z, kernel, bias = nn.dtypes.promote_dtype(z, kernel, bias, dtype=self.dtype)
     y = jnp.dot(z.reshape(-1, z.shape[-1]), kernel) + bias
     return y.reshape(z.shape[:-1] + (self.embed_dim,))
 
-  def __call__(self, t, weights: tuple[jnp.ndarray, jnp.ndarray] | None = None):
+  def __call__(self, t, weights: OutputWeights | None = None):
     return self.output(self.norm(self.value(t)), weights)
 
 
@@ -215,7 +217,7 @@ class PatchEmbed(nn.Module):
     return out.reshape((b,) + out.shape[2:])
 
   def _masked(self, images: Mapping[str, jnp.ndarray], modality_mask: jnp.ndarray | None,
-              out_w: tuple[jnp.ndarray, jnp.ndarray] | None = None) -> jnp.ndarray:
+              out_w: OutputWeights | None = None) -> jnp.ndarray:
     mods = [m for m in MODALITIES if m in images]
     if self.is_initializing():
       # Create every stem and the fusion parameters whatever the init input, so that the parameter

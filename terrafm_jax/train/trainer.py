@@ -90,7 +90,7 @@ def resolve_config(config: ml_collections.ConfigDict,
 
 def compiler_options(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
   """The train step's XLA options: config.xla_cpu_options on the CPU backend, else none."""
-  opts = dict(config.get("xla_cpu_options", ()))
+  opts = dict(config.xla_cpu_options)
   return opts if opts and jax.default_backend() == "cpu" else None
 
 
