@@ -15,6 +15,8 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=("terrafm_jax", "terrafm_jax.*")),
+    # The C++ sources of the CPU kernels, compiled on first use (terrafm_jax/ops/cpu_build.py).
+    package_data={"terrafm_jax.ops": ["*.cc"]},
     install_requires=[
         "jax>=0.10.2,<0.11",
         "jaxlib>=0.10.2,<0.11",
@@ -45,6 +47,8 @@ setup(
         "shapely>=2.0",
         "geopandas>=1.0",
         "pyproj>=3.6",
+        # OpenBLAS (library + headers) for the XLA:CPU attention kernel, built on first use.
+        "scipy-openblas32>=0.3.27",
     ],
     extras_require={
         # Accelerator builds of the same jax release (pip install -e ".[tpu]" on a pod worker).

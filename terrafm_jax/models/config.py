@@ -19,6 +19,10 @@ def get_model_config(variant: str = "B/16") -> ml_collections.ConfigDict:
   cfg.dtype = "float32"             # compute dtype: float32 | bfloat16
   cfg.param_dtype = "float32"
   cfg.remat = False                 # rematerialise each block in the backward pass
+  # ViT attention: "auto" (the hand-written core; its batched matmuls on the CPU kernel,
+  # terrafm_jax/ops, when tracing for CPU in float32), "core" (the same on XLA's dots),
+  # "xla" / "cudnn" (jax.nn.dot_product_attention with that implementation).
+  cfg.attention_impl = "auto"
   cfg.out_indices = variants.DEFAULT_OUT_INDICES[variants.size_name(variant)]
   cfg.head = ml_collections.ConfigDict(dict(
       out_dim=65536, hidden_dim=2048, bottleneck_dim=256, nlayers=3))

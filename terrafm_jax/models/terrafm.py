@@ -140,6 +140,9 @@ class TerraFMDINO(nn.Module):
     return {"logits": self.head(out["cls"]), "cls": out["cls"]}
 
 
+ATTENTION_IMPLS = ("auto", "core", "xla", "cudnn")
+
+
 def build_encoder(cfg: ml_collections.ConfigDict, **overrides) -> TerraFMEncoder:
   """Encoder from a model config (terrafm_jax.models.config.get_model_config)."""
   dims = variants.decode_variant(cfg.variant)
@@ -148,6 +151,9 @@ def build_encoder(cfg: ml_collections.ConfigDict, **overrides) -> TerraFMEncoder
     raise ValueError("model.attn_dim_mult must be 3 (A = 3 d is fixed by the released layout)")
   if attn_dim % cfg.fusion_heads:
     raise ValueError(f"model.fusion_heads={cfg.fusion_heads} does not divide attn_dim {attn_dim}")
+  if cfg.get("attention_impl", "auto") not in ATTENTION_IMPLS:
+    raise ValueError(f"model.attention_impl={cfg.attention_impl!r}: expected one of "
+                     f"{', '.join(map(repr, ATTENTION_IMPLS))}")
   if not 0.0 <= cfg.drop_path_rate < 1.0:
     raise ValueError(f"model.drop_path_rate must be in [0, 1), got {cfg.drop_path_rate}")
   kwargs = dict(variant=cfg.variant, img_size=cfg.img_size, drop_path_rate=cfg.drop_path_rate,

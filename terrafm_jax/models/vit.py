@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from terrafm_jax.models import axes
-from terrafm_jax.models.attention import attention_core
+from terrafm_jax.models.attention import attention
 from terrafm_jax.models.layers import dense, gelu, grad_barrier, layer_norm
 
 Dtype = Any
@@ -35,7 +35,10 @@ class Attention(nn.Module):
   num_heads: int
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
-  attention_impl: str | None = None  # jax.nn.dot_product_attention implementation ("xla", "cudnn")
+  # "auto" (None): the hand-written core, its matmuls on the CPU kernel when tracing for CPU in
+  # float32; "core": the same core on XLA's dots everywhere; "xla" / "cudnn":
+  # jax.nn.dot_product_attention with that implementation.
+  attention_impl: str | None = None
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
@@ -47,8 +50,9 @@ class Attention(nn.Module):
                 name="qkv")(x)
     qkv = qkv.reshape(b, n, 3, self.num_heads, head_dim)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    if self.attention_impl is None:
-      out = attention_core(q, k, v, head_dim ** -0.5)
+    impl = self.attention_impl or "auto"
+    if impl in ("auto", "core"):
+      out = attention(q, k, v, head_dim ** -0.5, use_kernel=impl == "auto")
     else:  # e.g. "cudnn": jax.nn.dot_product_attention's fused kernel
       out = jax.nn.dot_product_attention(q, k, v, scale=head_dim ** -0.5,
                                          implementation=self.attention_impl)

@@ -1,0 +1,103 @@
+"""Build, cache and register the project's XLA:CPU FFI kernels (`*.cc` beside this file).
+
+A kernel is compiled once per machine with the system C++ compiler against the FFI headers that
+ship with jaxlib and OpenBLAS from the `scipy-openblas32` wheel, then cached under
+`$TERRAFM_KERNEL_CACHE` (default `$XDG_CACHE_HOME/terrafm_jax/kernels`, i.e. ~/.cache/...). The
+cache key hashes the source, the compiler command and the jaxlib / OpenBLAS versions, so an
+upgrade rebuilds. Concurrent processes (pytest workers, the hosts of a local multi-process run)
+each write to a private temporary file and rename it into place, so no one loads a half-written
+library.
+
+Nothing here is needed off the CPU: callers ask `load(...)` only when tracing for the CPU backend,
+and fall back to XLA's own ops (with one warning) when no compiler or OpenBLAS is available.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import importlib.metadata
+import logging
+import os
+import pathlib
+import platform
+import shutil
+import subprocess
+import tempfile
+
+import jax
+
+_SOURCE_DIR = pathlib.Path(__file__).resolve().parent
+_log = logging.getLogger(__name__)
+
+
+class KernelBuildError(RuntimeError):
+  """The kernel could not be compiled or loaded (the message has the compiler's output)."""
+
+
+def cache_dir() -> pathlib.Path:
+  root = os.environ.get("TERRAFM_KERNEL_CACHE")
+  if root:
+    return pathlib.Path(root)
+  xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return pathlib.Path(xdg) / "terrafm_jax" / "kernels"
+
+
+def _compile_command(source: pathlib.Path, output: pathlib.Path) -> list[str]:
+  try:
+    import scipy_openblas32 as openblas
+  except ImportError as e:
+    raise KernelBuildError("the scipy-openblas32 package is not installed") from e
+  compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+  if not compiler:
+    raise KernelBuildError("no C++ compiler found (set CXX or install g++)")
+  lib_dir = openblas.get_lib_dir()
+  # -fopenmp-simd: the `omp simd` loops (and glibc's vector expf) vectorise without OpenMP's
+  # runtime. No -ffast-math: it would change the numerics and, on GCC < 13, set flush-to-zero for
+  # the whole process when the library loads.
+  return [compiler, "-O3", "-std=c++17", "-shared", "-fPIC", "-fopenmp-simd", "-fno-math-errno",
+          *_arch_flags(), str(source), f"-I{jax.ffi.include_dir()}", f"-I{openblas.get_include_dir()}",
+          f"-L{lib_dir}", f"-l{openblas.get_library()}", f"-Wl,-rpath,{lib_dir}", "-o", str(output)]
+
+
+def _arch_flags() -> list[str]:
+  """AVX2 + FMA code where this CPU has them. The flags are part of the cache key, so machines
+  of different CPU types that share a home folder keep separate builds."""
+  if platform.machine() not in ("x86_64", "AMD64"):
+    return []
+  try:
+    flags = set(pathlib.Path("/proc/cpuinfo").read_text().split())
+  except OSError:
+    return []
+  return ["-march=x86-64-v3"] if {"avx2", "fma", "bmi2"} <= flags else []
+
+
+def _versions() -> str:
+  return ";".join(f"{p}={importlib.metadata.version(p)}" for p in ("jaxlib", "scipy-openblas32"))
+
+
+@functools.cache
+def load(name: str) -> ctypes.CDLL:
+  """The compiled kernel `name` (`name.cc` here), built on first use; KernelBuildError if it can't be."""
+  source = _SOURCE_DIR / f"{name}.cc"
+  probe = _compile_command(source, pathlib.Path("OUT"))
+  key = hashlib.sha256(source.read_bytes() + repr(probe).encode() + _versions().encode()).hexdigest()
+  target = cache_dir() / f"{name}-{key[:16]}.so"
+  if not target.exists():
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}-", suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+      _log.info("compiling the CPU kernel %s -> %s", source.name, target)
+      done = subprocess.run(_compile_command(source, pathlib.Path(tmp)), capture_output=True,
+                            text=True)
+      if done.returncode:
+        raise KernelBuildError(f"compiling {source} failed:\n{done.stderr[-4000:]}")
+      os.replace(tmp, target)
+    finally:
+      if os.path.exists(tmp):
+        os.remove(tmp)
+  try:
+    return ctypes.cdll.LoadLibrary(str(target))
+  except OSError as e:
+    raise KernelBuildError(f"loading {target} failed: {e}") from e
