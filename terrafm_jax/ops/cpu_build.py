@@ -76,6 +76,22 @@ def _versions() -> str:
   return ";".join(f"{p}={importlib.metadata.version(p)}" for p in ("jaxlib", "scipy-openblas32"))
 
 
+def _build(source: pathlib.Path, target: pathlib.Path) -> None:
+  target.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}-", suffix=".so", dir=target.parent)
+  os.close(fd)
+  try:
+    _log.info("compiling the CPU kernel %s -> %s", source.name, target)
+    done = subprocess.run(_compile_command(source, pathlib.Path(tmp)), capture_output=True,
+                          text=True, check=False)
+    if done.returncode:
+      raise KernelBuildError(f"compiling {source} failed:\n{done.stderr[-4000:]}")
+    os.replace(tmp, target)  # atomic: a concurrent process sees no file or a whole one
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
 @functools.cache
 def load(name: str) -> ctypes.CDLL:
   """The compiled kernel `name` (`name.cc` here), built on first use; KernelBuildError if it can't be."""
@@ -84,19 +100,10 @@ def load(name: str) -> ctypes.CDLL:
   key = hashlib.sha256(source.read_bytes() + repr(probe).encode() + _versions().encode()).hexdigest()
   target = cache_dir() / f"{name}-{key[:16]}.so"
   if not target.exists():
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}-", suffix=".so", dir=target.parent)
-    os.close(fd)
     try:
-      _log.info("compiling the CPU kernel %s -> %s", source.name, target)
-      done = subprocess.run(_compile_command(source, pathlib.Path(tmp)), capture_output=True,
-                            text=True)
-      if done.returncode:
-        raise KernelBuildError(f"compiling {source} failed:\n{done.stderr[-4000:]}")
-      os.replace(tmp, target)
-    finally:
-      if os.path.exists(tmp):
-        os.remove(tmp)
+      _build(source, target)
+    except OSError as e:  # an unwritable cache folder, a compiler that can't start
+      raise KernelBuildError(f"building {target} from {source} failed: {e}") from e
   try:
     return ctypes.cdll.LoadLibrary(str(target))
   except OSError as e:

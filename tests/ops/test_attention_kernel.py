@@ -136,6 +136,14 @@ def test_build_failure_names_the_source_and_shows_the_compiler(tmp_path, monkeyp
   assert not list(tmp_path.glob("*.so")) and not list(tmp_path.glob(".*"))  # no half-written file
 
 
+def test_unwritable_cache_folder_is_a_build_error(tmp_path, monkeypatch):
+  blocker = tmp_path / "not_a_folder"
+  blocker.write_text("")
+  monkeypatch.setenv("TERRAFM_KERNEL_CACHE", str(blocker / "kernels"))
+  with pytest.raises(cpu_build.KernelBuildError, match="not_a_folder"):
+    cpu_build.load.__wrapped__("attention")
+
+
 def test_build_goes_to_the_cache_folder_once(tmp_path, monkeypatch):
   monkeypatch.setenv("TERRAFM_KERNEL_CACHE", str(tmp_path / "kernels"))
   cpu_build.load.__wrapped__("attention")
