@@ -16,7 +16,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=("terrafm_jax", "terrafm_jax.*")),
     # The C++ sources of the CPU kernels, compiled on first use (terrafm_jax/ops/cpu_build.py).
-    package_data={"terrafm_jax.ops": ["*.cc"]},
+    package_data={"terrafm_jax.ops": ["*.cc", "*.h"]},
     install_requires=[
         "jax>=0.10.2,<0.11",
         "jaxlib>=0.10.2,<0.11",

@@ -12,6 +12,11 @@ A box [y0, x0, h, w] (tile pixels, may be fractional) is resized to out x out wi
 pixel i samples tile row y0 + (i + 0.5) * h / out - 0.5 (pixel-centre convention); an integer box
 with h = w = out returns the tile pixels exactly. Flip reverses the output's x axis. All modalities
 of a view share the box (they are co-registered); shapes are static for any box.
+
+On the CPU backend in float32 the resize runs as one FFI kernel (ops/resample_kernel.py) with the
+weights jax.image computes, summed over each output pixel's non-zero taps only, instead of dense
+(tile x out) contractions that are almost all zeros (issue #9). The values agree with
+jax.image to float rounding (tests/ops/test_resample_kernel.py).
 """
 from __future__ import annotations
 
@@ -19,8 +24,16 @@ from typing import Mapping
 
 import jax
 import jax.numpy as jnp
+# jax.image's own weight matrices, so the kernel path resamples with exactly its filter (private
+# module; jax is pinned to 0.10.x and the kernel test compares against jax.image).
+from jax._src.image import scale as _jax_image_scale
 
 from terrafm_jax.data import contract as contract_lib
+from terrafm_jax.models import axes
+from terrafm_jax.ops import resample_kernel
+from terrafm_jax.ops.per_device import per_device
+
+_CUBIC_RADIUS, _CUBIC = _jax_image_scale._kernels[jax.image.ResizeMethod.CUBIC]
 
 
 def normalize_tiles(batch: Mapping[str, jax.Array], contract: contract_lib.InputContract,
@@ -48,6 +61,26 @@ def _crop_one(img: jax.Array, box: jax.Array, flip: jax.Array, out_size: int) ->
   return jnp.where(flip, out[:, ::-1], out)
 
 
+def _weights(size: int, out_size: int, start: jax.Array, length: jax.Array) -> jax.Array:
+  """(size, out_size) weights of one axis, as jax.image.scale_and_translate forms them."""
+  scale = (out_size / length).astype(jnp.float32)
+  return _jax_image_scale.compute_weight_mat(size, out_size, scale, -start * scale, _CUBIC,
+                                             antialias=True, edge_padding=False,
+                                             radius=_CUBIC_RADIUS).astype(jnp.float32)
+
+
+def _crop_kernel(stacked: jax.Array, boxes: jax.Array, flip: jax.Array, out_size: int):
+  """crop_views' resize on the CPU kernel; None where it can't be split over the mesh."""
+  _, t, s, _ = stacked.shape
+  per_view = lambda f: jax.vmap(jax.vmap(f))  # noqa: E731  (over samples, then views)
+  rows = per_view(lambda box: _weights(t, out_size, box[0], box[2]))(boxes)
+  cols = per_view(lambda box: _weights(s, out_size, box[1], box[3]))(boxes)
+  cols = jnp.where(flip[..., None, None], cols[..., ::-1], cols)  # flip = reversed output x
+  batch_first = (axes.BATCH, None, None, None)
+  return per_device(resample_kernel.resample, (stacked, rows, cols), (batch_first,) * 3,
+                    batch_first + (None,))
+
+
 def crop_views(tiles: Mapping[str, jax.Array], boxes: jax.Array, flip: jax.Array,
                out_size: int, view_slice: slice | None = None) -> dict[str, jax.Array]:
   """Crop + resize every view of every sample: {m: (B, T, T, C)} -> {m: (B, v, out, out, C)}.
@@ -59,9 +92,14 @@ def crop_views(tiles: Mapping[str, jax.Array], boxes: jax.Array, flip: jax.Array
   names = list(tiles)
   sizes = [tiles[m].shape[-1] for m in names]
   stacked = jnp.concatenate([tiles[m].astype(jnp.float32) for m in names], axis=-1)
-  per_view = jax.vmap(_crop_one, in_axes=(None, 0, 0, None))          # over views
-  per_sample = jax.vmap(per_view, in_axes=(0, 0, 0, None))            # over the batch
-  out = per_sample(stacked, boxes.astype(jnp.float32), flip.astype(bool), out_size)
+  boxes, flip = boxes.astype(jnp.float32), flip.astype(bool)
+  out = None
+  if resample_kernel.kernel_applies(stacked):
+    out = _crop_kernel(stacked, boxes, flip, out_size)
+  if out is None:
+    per_view = jax.vmap(_crop_one, in_axes=(None, 0, 0, None))          # over views
+    per_sample = jax.vmap(per_view, in_axes=(0, 0, 0, None))            # over the batch
+    out = per_sample(stacked, boxes, flip, out_size)
   res, start = {}, 0
   for m, c in zip(names, sizes):
     res[m] = out[..., start:start + c]

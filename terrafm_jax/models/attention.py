@@ -16,14 +16,13 @@ PyTorch eager 35 ms (issue #9). Outputs are the same maths; gradients agree to f
 from __future__ import annotations
 
 import functools
-import math
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from terrafm_jax.models import axes
 from terrafm_jax.ops import attention_kernel
+from terrafm_jax.ops.per_device import per_device
 
 
 def _heads_major(t: jnp.ndarray) -> jnp.ndarray:
@@ -71,33 +70,16 @@ def attention_core(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, scale: float)
   return _heads_major(_core(q, k, v, float(scale)))
 
 
-def _per_device_spec(q: jnp.ndarray, mesh) -> jax.sharding.PartitionSpec | None:
-  """The (B, N, H, hd) spec that the logical rules give q, if it splits B (and H) evenly."""
-  spec = nn.logical_to_mesh_axes((axes.BATCH, axes.SEQ, axes.HEADS, None))
-  if all(entry is None for entry in spec):
-    return None  # no rules in scope: per-device work would need a gather first
-  for dim, entry in zip(q.shape, spec):
-    names = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
-    if dim % math.prod(mesh.shape[n] for n in names):
-      return None
-  return spec
-
-
 def attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, scale: float,
               use_kernel: bool = True) -> jnp.ndarray:
   """attention_core, or the same maths as one fused CPU kernel where that applies.
 
   The kernel (ops/attention_kernel.py) applies to float32 on the CPU backend. Under a mesh of more
-  than one device the core runs per device (shard_map over the logical rules' batch and heads
-  axes), because the SPMD partitioner cannot split an opaque custom call; where the rules don't
-  split the batch evenly, XLA's dots are used instead."""
+  than one device it runs per device (shard_map over the logical rules' batch and heads axes,
+  ops/per_device.py); where the rules don't split q evenly, XLA's form runs instead."""
   if not (use_kernel and attention_kernel.kernel_applies(q, k, v)):
     return attention_core(q, k, v, scale)
-  mesh = jax.sharding.get_abstract_mesh()
-  if mesh.empty or mesh.size == 1:
-    return attention_kernel.fused_attention(q, k, v, float(scale))
-  spec = _per_device_spec(q, mesh)
-  if spec is None:
-    return attention_core(q, k, v, scale)
-  local = lambda *qkv: attention_kernel.fused_attention(*qkv, float(scale))  # noqa: E731
-  return jax.shard_map(local, in_specs=(spec, spec, spec), out_specs=spec, check_vma=False)(q, k, v)
+  names = (axes.BATCH, axes.SEQ, axes.HEADS, None)
+  out = per_device(lambda *qkv: attention_kernel.fused_attention(*qkv, float(scale)),
+                   (q, k, v), (names,) * 3, names)
+  return attention_core(q, k, v, scale) if out is None else out

@@ -26,6 +26,7 @@
 
 #include "cblas.h"
 #include "xla/ffi/api/ffi.h"
+#include "parallel_for.h"
 
 namespace ffi = xla::ffi;
 
@@ -38,30 +39,6 @@ namespace {
 using Tokens = ffi::Buffer<ffi::F32, 4>;          // (B, N, H, D)
 using Scores = ffi::Buffer<ffi::F32, 4>;          // (B, H, N, N)
 using TokensOut = ffi::ResultBuffer<ffi::F32, 4>;
-
-// Runs task(i) for i in [0, count) on the pool and the calling thread. Every participant takes
-// the next index until none is left; the caller then waits only for tasks already running, so a
-// busy pool can delay but never block the call. The state is shared because a helper may start
-// after the call returned (it then finds no work).
-void ParallelFor(ffi::ThreadPool& pool, int64_t count, std::function<void(int64_t)> task) {
-  struct State {
-    std::atomic<int64_t> next{0};
-    std::atomic<int64_t> done{0};
-    std::function<void(int64_t)> task;
-  };
-  auto state = std::make_shared<State>();
-  state->task = std::move(task);
-  auto work = [state, count]() {
-    for (int64_t i = state->next.fetch_add(1); i < count; i = state->next.fetch_add(1)) {
-      state->task(i);
-      state->done.fetch_add(1, std::memory_order_release);
-    }
-  };
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), count) - 1;
-  for (int64_t t = 0; t < helpers; ++t) pool.Schedule(std::function<void()>(work));
-  work();
-  while (state->done.load(std::memory_order_acquire) < count) std::this_thread::yield();
-}
 
 struct Shape {
   int64_t b, n, h, d;
@@ -105,7 +82,7 @@ ffi::Error Forward(ffi::ThreadPool pool, Tokens q, Tokens k, Tokens v, TokensOut
   const float *pq = q.typed_data(), *pk = k.typed_data(), *pv = v.typed_data();
   float *po = out->typed_data(), *pp = probs->typed_data();
   const int n = static_cast<int>(s.n), d = static_cast<int>(s.d), ld = s.ld();
-  ParallelFor(pool, s.b * s.h, [=](int64_t pair) {
+  terrafm::ParallelFor(pool, s.b * s.h, [=](int64_t pair) {
     const int64_t t = s.Offset(pair);
     float* p = pp + pair * s.n * s.n;
     scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, d, scale, pq + t, ld, pk + t, ld,
@@ -125,7 +102,7 @@ ffi::Error Backward(ffi::ThreadPool pool, Tokens q, Tokens k, Tokens v, Tokens o
   const float *po = out.typed_data(), *pp = probs.typed_data(), *pdo = d_out.typed_data();
   float *pdq = dq->typed_data(), *pdk = dk->typed_data(), *pdv = dv->typed_data();
   const int n = static_cast<int>(s.n), d = static_cast<int>(s.d), ld = s.ld();
-  ParallelFor(pool, s.b * s.h, [=](int64_t pair) {
+  terrafm::ParallelFor(pool, s.b * s.h, [=](int64_t pair) {
     thread_local std::vector<float> scratch;
     scratch.resize(s.n * s.n);
     float* ds = scratch.data();

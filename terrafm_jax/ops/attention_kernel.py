@@ -10,36 +10,27 @@ form; tests/ops checks values and gradients against it.
 `kernel_applies(...)` says whether the kernel can run: float32 operands, tracing for the CPU
 backend, and a library that builds here (ops/cpu_build.py; otherwise one warning and False).
 The custom call is opaque to the SPMD partitioner: under a multi-device mesh call it per device
-(models/attention.py does, with shard_map).
+(models/attention.py does, through ops/per_device.py).
 """
 from __future__ import annotations
 
 import functools
-import logging
 
 import jax
-import numpy as np
 import jax.numpy as jnp
+import numpy as np
 
 from terrafm_jax.ops import cpu_build
 
 FORWARD, BACKWARD = "terrafm_attention_fwd", "terrafm_attention_bwd"
-_log = logging.getLogger(__name__)
 
 
-@functools.cache
 def kernel_available() -> bool:
   """True once the kernel is built, loaded and registered with XLA:CPU; False (warned once) if not."""
-  try:
-    lib = cpu_build.load("attention")
-  except cpu_build.KernelBuildError as e:
-    _log.warning("CPU attention kernel unavailable, using XLA's ops: %s", e)
+  if not cpu_build.register("attention", ((FORWARD, "TerrafmAttentionForward"),
+                                          (BACKWARD, "TerrafmAttentionBackward"))):
     return False
-  lib.terrafm_single_threaded_blas()
-  jax.ffi.register_ffi_target(FORWARD, jax.ffi.pycapsule(lib.TerrafmAttentionForward),
-                              platform="cpu")
-  jax.ffi.register_ffi_target(BACKWARD, jax.ffi.pycapsule(lib.TerrafmAttentionBackward),
-                              platform="cpu")
+  cpu_build.load("attention").terrafm_single_threaded_blas()  # idempotent
   return True
 
 

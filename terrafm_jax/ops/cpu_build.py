@@ -56,7 +56,7 @@ def _compile_command(source: pathlib.Path, output: pathlib.Path) -> list[str]:
   # runtime. No -ffast-math: it would change the numerics and, on GCC < 13, set flush-to-zero for
   # the whole process when the library loads.
   return [compiler, "-O3", "-std=c++17", "-shared", "-fPIC", "-fopenmp-simd", "-fno-math-errno",
-          *_arch_flags(), str(source), f"-I{jax.ffi.include_dir()}", f"-I{openblas.get_include_dir()}",
+          *_arch_flags(), str(source), f"-I{_SOURCE_DIR}", f"-I{jax.ffi.include_dir()}", f"-I{openblas.get_include_dir()}",
           f"-L{lib_dir}", f"-l{openblas.get_library()}", f"-Wl,-rpath,{lib_dir}", "-o", str(output)]
 
 
@@ -97,7 +97,9 @@ def load(name: str) -> ctypes.CDLL:
   """The compiled kernel `name` (`name.cc` here), built on first use; KernelBuildError if it can't be."""
   source = _SOURCE_DIR / f"{name}.cc"
   probe = _compile_command(source, pathlib.Path("OUT"))
-  key = hashlib.sha256(source.read_bytes() + repr(probe).encode() + _versions().encode()).hexdigest()
+  headers = b"".join(h.read_bytes() for h in sorted(_SOURCE_DIR.glob("*.h")))
+  key = hashlib.sha256(source.read_bytes() + headers + repr(probe).encode()
+                       + _versions().encode()).hexdigest()
   target = cache_dir() / f"{name}-{key[:16]}.so"
   if not target.exists():
     try:
@@ -108,3 +110,17 @@ def load(name: str) -> ctypes.CDLL:
     return ctypes.cdll.LoadLibrary(str(target))
   except OSError as e:
     raise KernelBuildError(f"loading {target} failed: {e}") from e
+
+
+@functools.cache
+def register(name: str, targets: tuple[tuple[str, str], ...]) -> bool:
+  """Build and load kernel `name`, register its (XLA target, exported symbol) handlers for the CPU
+  platform; True when done, False with one warning when the kernel can't be built here."""
+  try:
+    lib = load(name)
+  except KernelBuildError as e:
+    _log.warning("CPU kernel %s unavailable, using XLA's ops instead: %s", name, e)
+    return False
+  for target, symbol in targets:
+    jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
+  return True
