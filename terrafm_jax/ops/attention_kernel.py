@@ -25,12 +25,13 @@ from terrafm_jax.ops import cpu_build
 FORWARD, BACKWARD = "terrafm_attention_fwd", "terrafm_attention_bwd"
 
 
+@functools.cache
 def kernel_available() -> bool:
   """True once the kernel is built, loaded and registered with XLA:CPU; False (warned once) if not."""
   if not cpu_build.register("attention", ((FORWARD, "TerrafmAttentionForward"),
                                           (BACKWARD, "TerrafmAttentionBackward"))):
     return False
-  cpu_build.load("attention").terrafm_single_threaded_blas()  # idempotent
+  cpu_build.load("attention").terrafm_single_threaded_blas()
   return True
 
 
