@@ -47,7 +47,8 @@ setup(
         "shapely>=2.0",
         "geopandas>=1.0",
         "pyproj>=3.6",
-        # OpenBLAS (library + headers) for the XLA:CPU attention kernel, built on first use.
+        # OpenBLAS (library + headers) for the XLA:CPU attention kernel (terrafm_jax/ops), built
+        # on first use.
         "scipy-openblas32>=0.3.27",
     ],
     extras_require={

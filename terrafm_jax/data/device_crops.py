@@ -82,10 +82,12 @@ def _crop_kernel(stacked: jax.Array, boxes: jax.Array, flip: jax.Array, out_size
 
 
 def crop_views(tiles: Mapping[str, jax.Array], boxes: jax.Array, flip: jax.Array,
-               out_size: int, view_slice: slice | None = None) -> dict[str, jax.Array]:
+               out_size: int, view_slice: slice | None = None, use_kernel: bool = True
+               ) -> dict[str, jax.Array]:
   """Crop + resize every view of every sample: {m: (B, T, T, C)} -> {m: (B, v, out, out, C)}.
 
   `boxes` (B, v, 4) and `flip` (B, v); `view_slice` optionally selects views of them first.
+  `use_kernel=False` keeps jax.image's dense form on the CPU backend too.
   """
   if view_slice is not None:
     boxes, flip = boxes[:, view_slice], flip[:, view_slice]
@@ -94,7 +96,7 @@ def crop_views(tiles: Mapping[str, jax.Array], boxes: jax.Array, flip: jax.Array
   stacked = jnp.concatenate([tiles[m].astype(jnp.float32) for m in names], axis=-1)
   boxes, flip = boxes.astype(jnp.float32), flip.astype(bool)
   out = None
-  if resample_kernel.kernel_applies(stacked):
+  if use_kernel and resample_kernel.kernel_applies(stacked):
     out = _crop_kernel(stacked, boxes, flip, out_size)
   if out is None:
     per_view = jax.vmap(_crop_one, in_axes=(None, 0, 0, None))          # over views

@@ -19,8 +19,8 @@ def get_model_config(variant: str = "B/16") -> ml_collections.ConfigDict:
   cfg.dtype = "float32"             # compute dtype: float32 | bfloat16
   cfg.param_dtype = "float32"
   cfg.remat = False                 # rematerialise each block in the backward pass
-  # ViT attention: "auto" (the hand-written core; its batched matmuls on the CPU kernel,
-  # terrafm_jax/ops, when tracing for CPU in float32), "core" (the same on XLA's dots),
+  # ViT attention: "auto" (one fused CPU kernel, terrafm_jax/ops, when tracing for CPU in
+  # float32; the hand-written XLA core elsewhere), "core" (that XLA core everywhere),
   # "xla" / "cudnn" (jax.nn.dot_product_attention with that implementation).
   cfg.attention_impl = "auto"
   cfg.out_indices = variants.DEFAULT_OUT_INDICES[variants.size_name(variant)]

@@ -66,7 +66,7 @@ def make_views(batch: Mapping[str, jax.Array], contract: InputContract,
 
   def crops(lo, hi, size):
     out = device_crops.crop_views(tiles, batch["boxes"][:, lo:hi], batch["flip"][:, lo:hi],
-                                  out_size=size)
+                                  out_size=size, use_kernel=data_cfg.get("crop_kernel", True))
     return {m: sample_major(out[m]).astype(compute_dtype) for m in modalities}
 
   n_views = batch["boxes"].shape[1]

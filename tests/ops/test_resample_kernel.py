@@ -82,10 +82,12 @@ def test_each_view_is_computed_alone_and_nan_stays_outside_the_box():
   assert np.isnan(hit[0, 0, ..., 1]).any() and np.isfinite(hit[1:]).all()
 
 
-def test_kernel_runs_on_cpu():
+def test_kernel_runs_on_cpu_unless_turned_off():
   tiles = {"s1": jnp.zeros((2, 32, 32, 2))}
   boxes, flip = jnp.zeros((2, 3, 4)) + jnp.array([0, 0, 16, 16.0]), jnp.zeros((2, 3), bool)
-  hlo = jax.jit(device_crops.crop_views, static_argnums=(3,)).lower(
-      tiles, boxes, flip, 8).compile().as_text()
+  def hlo(use_kernel):
+    fn = lambda t, b, f: device_crops.crop_views(t, b, f, 8, use_kernel=use_kernel)  # noqa: E731
+    return jax.jit(fn).lower(tiles, boxes, flip).compile().as_text()
   assert resample_kernel.kernel_available()
-  assert f'custom_call_target="{resample_kernel.TARGET}"' in hlo
+  assert f'custom_call_target="{resample_kernel.TARGET}"' in hlo(True)
+  assert "custom-call(" not in hlo(False)  # data.crop_kernel=False: jax.image's dense form
