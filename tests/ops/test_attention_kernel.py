@@ -162,3 +162,30 @@ def test_unknown_attention_impl_names_the_field():
   cfg.attention_impl = "flash"
   with pytest.raises(ValueError, match="model.attention_impl='flash'"):
     build_encoder(cfg)
+
+
+def test_without_a_compiler_the_model_falls_back_to_xla(tmp_path):
+  """A machine where the kernels can't be built (here: a compiler that fails) still trains: one
+  warning per kernel, and attention and crops run in their XLA forms."""
+  import os
+  import subprocess
+  import sys
+  import textwrap
+  code = textwrap.dedent("""
+      import jax, jax.numpy as jnp
+      from terrafm_jax.data import device_crops
+      from terrafm_jax.models.attention import attention
+      q = jnp.ones((2, 5, 2, 4))
+      hlo = jax.jit(lambda q: attention(q, q, q, 0.5)).lower(q).compile().as_text()
+      crops = jax.jit(lambda t: device_crops.crop_views(
+          {"s1": t}, jnp.array([[[0.0, 0.0, 8.0, 8.0]]] * 2), jnp.zeros((2, 1), bool), 4))
+      chlo = crops.lower(jnp.ones((2, 8, 8, 2))).compile().as_text()
+      print("CUSTOM_CALLS", hlo.count("custom-call(") + chlo.count("custom-call("))
+  """)
+  env = dict(os.environ, CXX="/bin/false", TERRAFM_KERNEL_CACHE=str(tmp_path / "kernels"))
+  proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "CUSTOM_CALLS 0" in proc.stdout
+  assert "CPU kernel attention unavailable" in proc.stderr
+  assert "CPU kernel resample unavailable" in proc.stderr
