@@ -16,12 +16,8 @@
 //   backward: dV = P^T dO, dP = dO V^T, D = rowsum(dO * O), dS = P * (dP - D),
 //             dQ = scale * dS K, dK = scale * dS^T Q
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstdint>
-#include <functional>
-#include <memory>
-#include <thread>
 #include <vector>
 
 #include "cblas.h"

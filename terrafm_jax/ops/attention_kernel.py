@@ -36,8 +36,7 @@ def kernel_available() -> bool:
 
 
 def kernel_applies(*arrays: jax.Array) -> bool:
-  return (jax.default_backend() == "cpu" and all(x.dtype == jnp.float32 for x in arrays)
-          and kernel_available())
+  return cpu_build.cpu_float32(*arrays) and kernel_available()
 
 
 def _forward(q, k, v, scale):

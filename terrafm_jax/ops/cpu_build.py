@@ -26,6 +26,7 @@ import subprocess
 import tempfile
 
 import jax
+import jax.numpy as jnp
 
 _SOURCE_DIR = pathlib.Path(__file__).resolve().parent
 _log = logging.getLogger(__name__)
@@ -110,6 +111,11 @@ def load(name: str) -> ctypes.CDLL:
     return ctypes.cdll.LoadLibrary(str(target))
   except OSError as e:
     raise KernelBuildError(f"loading {target} failed: {e}") from e
+
+
+def cpu_float32(*arrays: jax.Array) -> bool:
+  """Tracing for the CPU backend with float32 arrays: where the kernels here can run."""
+  return jax.default_backend() == "cpu" and all(x.dtype == jnp.float32 for x in arrays)
 
 
 @functools.cache

@@ -15,11 +15,7 @@
 // by one thread. Pixels outside every band are never read, so a NaN there does not reach the
 // output (the dense contraction would spread it: 0 * NaN = NaN).
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
-#include <functional>
-#include <memory>
-#include <thread>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"

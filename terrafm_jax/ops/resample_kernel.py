@@ -23,8 +23,7 @@ def kernel_available() -> bool:
 
 
 def kernel_applies(*arrays: jax.Array) -> bool:
-  return (jax.default_backend() == "cpu" and all(x.dtype == jnp.float32 for x in arrays)
-          and kernel_available())
+  return cpu_build.cpu_float32(*arrays) and kernel_available()
 
 
 def resample(images: jax.Array, row_weights: jax.Array, col_weights: jax.Array) -> jax.Array:
