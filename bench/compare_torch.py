@@ -298,15 +298,25 @@ def forward(variant: str, batch: int, n_steps: int, args) -> dict:
 
 
 def machine_info() -> dict:
-  model = platform.processor() or ""
+  # The ratios depend on the CPU generation (vector width, which kernels each library picks), so
+  # the family / model and the AVX-512 flag go with the figures.
+  model, family, number, flags = platform.processor() or "", "?", "?", ""
   try:
     for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=False
                                ).stdout.splitlines():
-      if line.strip().startswith("Model name:"):
-        model = line.split(":", 1)[1].strip()
-        break
+      key, _, value = line.partition(":")
+      key, value = key.strip(), value.strip()
+      if key == "Model name":
+        model = value
+      elif key == "CPU family":
+        family = value
+      elif key == "Model":
+        number = value
+      elif key == "Flags":
+        flags = value
   except OSError:
     pass
+  model = f"{model} (family {family} model {number}{', AVX-512' if 'avx512f' in flags else ''})"
   aff = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
   import flax
   import optax
@@ -314,7 +324,8 @@ def machine_info() -> dict:
               platform=platform.platform(), python=platform.python_version(),
               jax=jax.__version__, jaxlib=getattr(__import__("jaxlib"), "__version__", "?"),
               flax=flax.__version__, optax=optax.__version__, torch=torch.__version__,
-              torch_threads=torch.get_num_threads(), jax_devices=[str(d) for d in jax.devices()])
+              torch_threads=torch.get_num_threads(), jax_devices=[str(d) for d in jax.devices()],
+              openblas_coretype=os.environ.get("OPENBLAS_CORETYPE"))
 
 
 def row(variant, what, jax_ts, torch_ts, **extra):
@@ -326,7 +337,7 @@ def row(variant, what, jax_ts, torch_ts, **extra):
 def print_table(rows, info, args):
   print()
   print(f"machine: {info['cpu_count']} CPUs ({info['cpus_usable']} usable), {info['cpu_model']}; "
-        f"{info['platform']}")
+        f"{info['platform']}; OPENBLAS_CORETYPE={info['openblas_coretype']}")
   print(f"jax {info['jax']} (jaxlib {info['jaxlib']}, flax {info['flax']}, optax "
         f"{info['optax']}), devices {info['jax_devices']}; torch {info['torch']} "
         f"({info['torch_threads']} threads)")
