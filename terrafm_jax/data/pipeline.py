@@ -75,16 +75,28 @@ class PreparedData:
     return None if (s == "|").all() else s.to_numpy()
 
 
+_DATASET_SEARCH_DEPTH = 4  # levels below data_dir searched for dataset_info.json
+
+
 def find_dataset_dir(data_dir: str) -> str:
+  """The prepared dataset at `data_dir` or in the one folder below it (up to 4 levels) that has
+  a dataset_info.json; several at the shallowest level that has any is an error."""
   root = epath.Path(data_dir)
   if not root.exists():
     raise FileNotFoundError(f"{data_dir}: no such prepared data directory")
   if (root / "dataset_info.json").exists():
     return str(root)
-  found = sorted(str(p.parent) for p in root.rglob("dataset_info.json"))
+  # A parent folder, e.g. prepare's output root (<root>/majortom_tiles/tile534/1.0.0). Non-recursive
+  # globs level by level: epath refuses `**` (on gs:// it could list a whole bucket).
+  found = []
+  for depth in range(1, _DATASET_SEARCH_DEPTH + 1):
+    found = sorted(str(p.parent) for p in root.glob("/".join(["*"] * depth + ["dataset_info.json"])))
+    if found:
+      break
   if len(found) != 1:
-    raise FileNotFoundError(f"{data_dir}: expected one prepared dataset (dataset_info.json), "
-                            f"found {len(found)}: {found[:5]}")
+    raise FileNotFoundError(f"{data_dir}: expected one prepared dataset (dataset_info.json) "
+                            f"within {_DATASET_SEARCH_DEPTH} folder levels, found {len(found)}: "
+                            f"{found[:5]}; pass the dataset's own folder")
   return found[0]
 
 

@@ -145,3 +145,20 @@ def test_s1_nodata_is_filled_with_the_contract_mean(prepared):
   assert nan.any()
   np.testing.assert_array_equal(ex["s1"][nan], np.asarray(prep.contract["s1"].mean, np.float16)[
       None].repeat(nan.sum(), 0))
+
+
+def test_dataset_found_from_a_parent_folder(prepared, tmp_path):
+  # prepare's output root (three levels above the dataset), as the README passes it to the trainer
+  root = os.path.dirname(os.path.dirname(os.path.dirname(prepared)))
+  assert pipeline.find_dataset_dir(root) == prepared
+  _same(next(_it(root)), next(_it(prepared)))
+  # two datasets at the same depth: an error naming both, not a silent pick
+  for size in ("tile32", "tile64"):
+    d = tmp_path / "prep" / "majortom_tiles" / size / "1.0.0"
+    d.mkdir(parents=True)
+    (d / "dataset_info.json").write_text("{}")
+  with pytest.raises(FileNotFoundError, match="found 2:.*tile32.*tile64"):
+    pipeline.find_dataset_dir(str(tmp_path / "prep"))
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(FileNotFoundError, match="empty: expected one prepared dataset.*found 0"):
+    pipeline.find_dataset_dir(str(tmp_path / "empty"))
