@@ -156,11 +156,30 @@ def scale_by_adam_delayed(start_steps: Any, b1: float = 0.9, b2: float = 0.999,
   return optax.GradientTransformation(init_fn, update_fn)
 
 
+def idle_param_mask(params: Any, modalities: tuple[str, ...]) -> Any:
+  """True for the parameters no view of a run reads: the stem (`conv2d_<m>`) and modality
+  embedding (`<m>_embed`) of each modality outside `data.modalities`, and the cross-attention
+  fusion when fewer than two modalities are drawn (no view is fused)."""
+  unused = [m for m in ("s1", "s2_l1c", "s2_l2a") if m not in modalities]
+  pats = [rf"(^|/)conv2d_{m}/" for m in unused] + [rf"(^|/){m}_embed$" for m in unused]
+  if len(modalities) < 2:
+    pats.append(r"(^|/)patch_embed/fusion/")
+  rx = re.compile("|".join(pats)) if pats else None
+  return path_mask(params, lambda n, _: rx is not None and rx.search(n))
+
+
 def make_optimizer(config: ml_collections.ConfigDict, params: Any,
                    scheds: schedules_lib.Schedules) -> optax.GradientTransformation:
   """The full optimizer. `params` may be abstract (shapes only); it is used for the masks."""
   o = config.optim
   wd_mask = weight_decay_mask(params, o.wd_exclude_regex, o.wd_include_regex)
+  data = config.get("data")
+  if data is not None and data.get("modalities") is not None:
+    # Parameters no view reads get zero gradients; PyTorch leaves their grad None, so AdamW
+    # neither moves nor decays them. Without decay here they stay exactly at their values too
+    # (zero gradients keep their Adam moments at 0), ready for a later multi-modal run.
+    idle = idle_param_mask(params, tuple(data.modalities))
+    wd_mask = jax.tree.map(lambda d, i: d and not i, wd_mask, idle)
   freeze_steps = int(round(o.freeze_last_layer_epochs * config.steps_per_epoch))
   if freeze_steps > 0:
     rx = re.compile(o.freeze_regex)
