@@ -37,7 +37,8 @@ def get_eval_config(arg: str | None = None) -> ml_collections.ConfigDict:
       warmup_fraction=0.1))
   c.segmentation = ml_collections.ConfigDict(dict(
       lrs=(1e-4, 1e-3, 1e-2), epochs=50, batch_size=16, upernet_channels=512,
-      weight_decay=1e-4))
+      # Copernicus-Bench's auxiliary FCN head on the 1x pyramid level (0: none)
+      upernet_aux_loss_weight=0.4, upernet_aux_channels=256, weight_decay=1e-4))
   c.plots = True
 
   if arg == "paper":
@@ -54,6 +55,7 @@ def get_eval_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.segmentation.lrs = (1e-2,)
     c.segmentation.epochs = 5
     c.segmentation.upernet_channels = 16
+    c.segmentation.upernet_aux_channels = 8
     c.batch_size = 8
   elif arg:
     raise ValueError(f"configs/eval.py: unknown variant {arg!r} (expected '', 'paper', "

@@ -8,8 +8,12 @@ UPerNetHead      mmseg's Feature2Pyramid (rescales 4, 2, 1, 0.5) + UPerHead (PPM
                  1, 2, 3, 6 over the coarsest map, FPN laterals + top-down, 3x3 FPN convs, fuse,
                  channel dropout 0.1, 1x1 classifier), the Copernicus-Bench frozen-encoder head.
                  Conv -> BatchNorm -> ReLU blocks (mmseg ConvModule, no conv bias); output at 4x
-                 the token grid. Not included: Copernicus-Bench's auxiliary FCN head (loss
-                 weight 0.4).
+                 the token grid. With Copernicus-Bench's auxiliary mmseg FCNHead on pyramid
+                 level `aux_index` (2: the 1x map; one 3x3 ConvModule of 256 channels, channel
+                 dropout, 1x1 classifier): in training the head returns (logits, aux_logits)
+                 and seg_train adds `aux_loss_weight` (0.4) x the auxiliary cross-entropy;
+                 in evaluation only the logits (the auxiliary branch is dead code there).
+                 `aux_loss_weight=0` leaves the auxiliary head out.
 
 `align_corners` of a head is the convention used to resize its logits to the label size
 (seg_train): Galileo resizes LP logits with align_corners=True, mmseg with False.
@@ -141,10 +145,24 @@ class UPerNetHead(nn.Module):
   rescales: Sequence[float] = (4, 2, 1, 0.5)
   dropout_rate: float = 0.1
   align_corners: bool = False
+  aux_loss_weight: float = 0.4
+  aux_channels: int = 256
+  aux_index: int = 2
 
   @nn.compact
-  def __call__(self, feats: Sequence[jnp.ndarray], train: bool = False) -> jnp.ndarray:
+  def __call__(self, feats: Sequence[jnp.ndarray], train: bool = False):
     feats = Feature2Pyramid(self.rescales, name="neck")(list(feats), train)
+    aux = None
+    if not self.aux_loss_weight >= 0:
+      raise ValueError(f"aux_loss_weight (config segmentation.upernet_aux_loss_weight) must be "
+                       f">= 0, got {self.aux_loss_weight}")
+    if self.aux_loss_weight > 0:
+      if not 0 <= self.aux_index < len(feats):
+        raise ValueError(f"aux_index {self.aux_index} outside the {len(feats)} pyramid levels")
+      # Built in every mode, so init (train=False) creates its variables.
+      a = ConvModule(self.aux_channels, 3, name="aux_conv")(feats[self.aux_index], train)
+      a = nn.Dropout(self.dropout_rate, broadcast_dims=(1, 2), deterministic=not train)(a)
+      aux = nn.Conv(self.num_classes, (1, 1), name="aux_cls_seg")(a).astype(jnp.float32)
     ch = self.channels
     # PPM over the coarsest map, concatenated with it, 3x3 bottleneck.
     top = feats[-1]
@@ -165,4 +183,5 @@ class UPerNetHead(nn.Module):
     x = ConvModule(ch, 3, name="fpn_bottleneck")(jnp.concatenate(outs, -1), train)
     # mmseg's Dropout2d: whole channels are dropped.
     x = nn.Dropout(self.dropout_rate, broadcast_dims=(1, 2), deterministic=not train)(x)
-    return nn.Conv(self.num_classes, (1, 1), name="cls_seg")(x).astype(jnp.float32)
+    logits = nn.Conv(self.num_classes, (1, 1), name="cls_seg")(x).astype(jnp.float32)
+    return (logits, aux) if train and aux is not None else logits

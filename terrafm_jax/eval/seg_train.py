@@ -6,7 +6,9 @@ When the head's output is not H x W its logits are resized bilinearly to the lab
 head's `align_corners` convention) before the loss and before the argmax.
 
 Loss: softmax cross-entropy averaged over the pixels whose label is not `ignore_index` (PyTorch
-CrossEntropyLoss(ignore_index) "mean"); ignored pixels give no gradient. AdamW (decay on kernels,
+CrossEntropyLoss(ignore_index) "mean"); ignored pixels give no gradient. A head that returns
+(logits, aux_logits) in training (UPerNetHead's auxiliary FCN) adds `aux_loss_weight` x the same
+loss of its resized auxiliary logits, as mmseg sums a decode head's and an auxiliary head's losses. AdamW (decay on kernels,
 not on biases / BatchNorm), linear warm-up over `warmup_fraction` of the steps, cosine to `min_lr`.
 Every lr starts from the same initialisation and sees the same batch order (seeded); the final
 model of the lr with the best validation mIoU is kept. The lr is an argument of the jitted step,
@@ -129,13 +131,23 @@ def _transform(params, weight_decay: float) -> optax.GradientTransformation:
       weight_decay, mask=optim_lib.weight_decay_mask(params, "", "")))
 
 
+def training_loss(head: nn.Module, out, labels: jnp.ndarray, valid: jnp.ndarray) -> jnp.ndarray:
+  """The head's training output (logits, or (logits, aux_logits)) -> the loss to minimise."""
+  main, aux = out if isinstance(out, tuple) else (out, None)
+  size, corners = labels.shape[1:3], _align_corners(head)
+  loss = masked_cross_entropy(resize_bilinear(main, size, corners), labels, valid)
+  if aux is not None:
+    loss = loss + head.aux_loss_weight * masked_cross_entropy(
+        resize_bilinear(aux, size, corners), labels, valid)
+  return loss
+
+
 def _step(head, weight_decay, variables, opt_state, x, labels, valid, key, t, lr_t):
   rng = jax.random.fold_in(key, t)
 
   def loss_fn(p):
     out, state = _apply(head, {**variables, "params": p}, x, True, rng)
-    logits = resize_bilinear(out, labels.shape[1:3], _align_corners(head))
-    return masked_cross_entropy(logits, labels, valid), state
+    return training_loss(head, out, labels, valid), state
 
   params = variables["params"]
   (loss, state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)

@@ -39,7 +39,9 @@ def run(protocol: str, weights, splits, feats, cfg) -> tuple[float, np.ndarray, 
     grid = tr.shape[1]
     head = seg_heads.PatchLinearHead(num_classes, patch_size=math.ceil(ytr.shape[1] / grid))
   else:
-    head = seg_heads.UPerNetHead(num_classes, channels=sc.upernet_channels)
+    head = seg_heads.UPerNetHead(num_classes, channels=sc.upernet_channels,
+                                 aux_loss_weight=sc.upernet_aux_loss_weight,
+                                 aux_channels=sc.upernet_aux_channels)
   res = seg_train.fit_segmentation(head, tr, ytr, va, yva, num_classes=num_classes, lrs=sc.lrs,
                                    epochs=sc.epochs, batch_size=sc.batch_size,
                                    weight_decay=sc.weight_decay, ignore_index=ignore,

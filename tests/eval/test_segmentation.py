@@ -138,3 +138,35 @@ def test_upernet_head_learns_with_resize_to_labels():
   assert set(res.variables) == {"params", "batch_stats"}
   assert res.val_miou > 0.8, (res.val_scores, res.train_loss)
   assert res.train_loss[-1] < res.train_loss[0]
+
+
+def test_upernet_auxiliary_fcn_head_adds_its_weighted_loss():
+  feats = tuple(np.asarray(np.random.default_rng(i).standard_normal((2, GRID, GRID, D)),
+                           np.float32) for i in range(4))
+  head = seg_heads.UPerNetHead(num_classes=C, channels=8, pool_scales=(2,), aux_channels=4,
+                               dropout_rate=0.0)
+  variables = seg_train.init_variables(head, feats, seed=0)
+  assert variables["params"]["aux_conv"]["conv"]["kernel"].shape == (3, 3, D, 4)
+  assert variables["params"]["aux_cls_seg"]["kernel"].shape == (1, 1, 4, C)
+  # Evaluation: the logits alone, the same as a head without the auxiliary branch.
+  plain = seg_heads.UPerNetHead(num_classes=C, channels=8, pool_scales=(2,), aux_loss_weight=0.0,
+                                dropout_rate=0.0)
+  assert "aux_conv" not in seg_train.init_variables(plain, feats, seed=0)["params"]
+  no_aux = {"params": {k: v for k, v in variables["params"].items() if not k.startswith("aux")},
+            "batch_stats": {k: v for k, v in variables["batch_stats"].items()
+                            if not k.startswith("aux")}}
+  np.testing.assert_array_equal(np.asarray(head.apply(variables, feats)),
+                                np.asarray(plain.apply(no_aux, feats)))
+  # Training: (logits, aux logits at the 1x level), loss = CE(main) + 0.4 CE(aux), both resized.
+  (main, aux), _ = head.apply(variables, feats, train=True, mutable=["batch_stats"])
+  assert main.shape == (2, 4 * GRID, 4 * GRID, C) and aux.shape == (2, GRID, GRID, C)
+  labels = jnp.asarray(np.random.default_rng(9).integers(0, C, (2, 8 * GRID, 8 * GRID)), jnp.int32)
+  valid = jnp.ones(labels.shape, bool)
+  ce = lambda z: seg_train.masked_cross_entropy(
+      seg_heads.resize_bilinear(z, labels.shape[1:3]), labels, valid)
+  np.testing.assert_allclose(float(seg_train.training_loss(head, (main, aux), labels, valid)),
+                             float(ce(main)) + 0.4 * float(ce(aux)), rtol=1e-6)
+  np.testing.assert_allclose(float(seg_train.training_loss(plain, main, labels, valid)),
+                             float(ce(main)), rtol=1e-6)
+  with pytest.raises(ValueError, match="upernet_aux_loss_weight"):
+    seg_heads.UPerNetHead(num_classes=C, channels=8, aux_loss_weight=-1.0).apply(variables, feats)
