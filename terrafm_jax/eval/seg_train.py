@@ -8,8 +8,9 @@ head's `align_corners` convention) before the loss and before the argmax.
 Loss: softmax cross-entropy averaged over the pixels whose label is not `ignore_index` (PyTorch
 CrossEntropyLoss(ignore_index) "mean"); ignored pixels give no gradient. A head that returns
 (logits, aux_logits) in training (UPerNetHead's auxiliary FCN) adds `aux_loss_weight` x the same
-loss of its resized auxiliary logits, as mmseg sums a decode head's and an auxiliary head's losses. AdamW (decay on kernels,
-not on biases / BatchNorm), linear warm-up over `warmup_fraction` of the steps, cosine to `min_lr`.
+loss of its resized auxiliary logits, as mmseg sums a decode head's and an auxiliary head's
+losses. AdamW (decay on kernels, not on biases / BatchNorm), linear warm-up over
+`warmup_fraction` of the steps, cosine to `min_lr`.
 Every lr starts from the same initialisation and sees the same batch order (seeded); the final
 model of the lr with the best validation mIoU is kept. The lr is an argument of the jitted step,
 so a sweep compiles once. Heads are initialised on the host (`init_variables`). The last batch

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from terrafm_jax.models.patch_embed import EMBED_NAMES, STEM_NAMES
 from terrafm_jax.train import schedules as schedules_lib
 
 
@@ -160,8 +161,9 @@ def idle_param_mask(params: Any, modalities: tuple[str, ...]) -> Any:
   """True for the parameters no view of a run reads: the stem (`conv2d_<m>`) and modality
   embedding (`<m>_embed`) of each modality outside `data.modalities`, and the cross-attention
   fusion when fewer than two modalities are drawn (no view is fused)."""
-  unused = [m for m in ("s1", "s2_l1c", "s2_l2a") if m not in modalities]
-  pats = [rf"(^|/)conv2d_{m}/" for m in unused] + [rf"(^|/){m}_embed$" for m in unused]
+  unused = [m for m in STEM_NAMES if m not in modalities]
+  pats = ([rf"(^|/){STEM_NAMES[m]}/" for m in unused] +
+          [rf"(^|/){EMBED_NAMES[m]}$" for m in unused])
   if len(modalities) < 2:
     pats.append(r"(^|/)patch_embed/fusion/")
   rx = re.compile("|".join(pats)) if pats else None
