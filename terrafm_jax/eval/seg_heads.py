@@ -9,7 +9,7 @@ UPerNetHead      mmseg's Feature2Pyramid (rescales 4, 2, 1, 0.5) + UPerHead (PPM
                  channel dropout 0.1, 1x1 classifier), the Copernicus-Bench frozen-encoder head.
                  Conv -> BatchNorm -> ReLU blocks (mmseg ConvModule, no conv bias); output at 4x
                  the token grid. With Copernicus-Bench's auxiliary mmseg FCNHead on pyramid
-                 level `aux_index` (2: the 1x map; one 3x3 ConvModule of 256 channels, channel
+                 level `aux_index` (default: the 1x map; one 3x3 ConvModule of 256 channels, channel
                  dropout, 1x1 classifier): in training the head returns (logits, aux_logits)
                  and seg_train adds `aux_loss_weight` (0.4) x the auxiliary cross-entropy;
                  in evaluation only the logits (the auxiliary branch is dead code there).
@@ -147,7 +147,7 @@ class UPerNetHead(nn.Module):
   align_corners: bool = False
   aux_loss_weight: float = 0.4
   aux_channels: int = 256
-  aux_index: int = 2
+  aux_index: int | None = None   # pyramid level of the auxiliary head; None: the 1x level
 
   @nn.compact
   def __call__(self, feats: Sequence[jnp.ndarray], train: bool = False):
@@ -157,11 +157,16 @@ class UPerNetHead(nn.Module):
       raise ValueError(f"aux_loss_weight (config segmentation.upernet_aux_loss_weight) must be "
                        f">= 0, got {self.aux_loss_weight}")
     if self.aux_loss_weight > 0:
-      if not 0 <= self.aux_index < len(feats):
-        raise ValueError(f"aux_index {self.aux_index} outside the {len(feats)} pyramid levels")
-      # Built in every mode, so init (train=False) creates its variables.
-      a = ConvModule(self.aux_channels, 3, name="aux_conv")(feats[self.aux_index], train)
-      a = nn.Dropout(self.dropout_rate, broadcast_dims=(1, 2), deterministic=not train)(a)
+      if self.aux_index is None and 1 not in tuple(self.rescales):
+        raise ValueError(f"no 1x level in rescales {tuple(self.rescales)}: set aux_index")
+      index = list(self.rescales).index(1) if self.aux_index is None else self.aux_index
+      if not 0 <= index < len(feats):
+        raise ValueError(f"aux_index {index} outside the {len(feats)} pyramid levels")
+      # Built in every mode, so init (train=False) creates its variables. The dropout is named,
+      # so the main head's auto-named one keeps its name (and its dropout masks).
+      a = ConvModule(self.aux_channels, 3, name="aux_conv")(feats[index], train)
+      a = nn.Dropout(self.dropout_rate, broadcast_dims=(1, 2), deterministic=not train,
+                     name="aux_dropout")(a)
       aux = nn.Conv(self.num_classes, (1, 1), name="aux_cls_seg")(a).astype(jnp.float32)
     ch = self.channels
     # PPM over the coarsest map, concatenated with it, 3x3 bottleneck.

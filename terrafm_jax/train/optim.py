@@ -17,7 +17,7 @@ changes the optimizer-state tree, so checkpoints written before it do not restor
 from __future__ import annotations
 
 import re
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -157,14 +157,12 @@ def scale_by_adam_delayed(start_steps: Any, b1: float = 0.9, b2: float = 0.999,
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def idle_param_mask(params: Any, modalities: tuple[str, ...]) -> Any:
-  """True for the parameters no view of a run reads: the stem (`conv2d_<m>`) and modality
-  embedding (`<m>_embed`) of each modality outside `data.modalities`, and the cross-attention
-  fusion when fewer than two modalities are drawn (no view is fused)."""
-  unused = [m for m in STEM_NAMES if m not in modalities]
-  pats = ([rf"(^|/){STEM_NAMES[m]}/" for m in unused] +
-          [rf"(^|/){EMBED_NAMES[m]}$" for m in unused])
-  if len(modalities) < 2:
+def idle_param_mask(params: Any, unused_modalities: Sequence[str], fusion_idle: bool) -> Any:
+  """True for the stem (`conv2d_<m>`) and modality embedding (`<m>_embed`) of each of
+  `unused_modalities`, and for the cross-attention fusion when `fusion_idle`."""
+  pats = ([rf"(^|/){STEM_NAMES[m]}/" for m in unused_modalities] +
+          [rf"(^|/){EMBED_NAMES[m]}$" for m in unused_modalities])
+  if fusion_idle:
     pats.append(r"(^|/)patch_embed/fusion/")
   rx = re.compile("|".join(pats)) if pats else None
   return path_mask(params, lambda n, _: rx is not None and rx.search(n))
@@ -175,12 +173,13 @@ def make_optimizer(config: ml_collections.ConfigDict, params: Any,
   """The full optimizer. `params` may be abstract (shapes only); it is used for the masks."""
   o = config.optim
   wd_mask = weight_decay_mask(params, o.wd_exclude_regex, o.wd_include_regex)
-  data = config.get("data")
-  if data is not None and data.get("modalities") is not None:
-    # Parameters no view reads get zero gradients; PyTorch leaves their grad None, so AdamW
-    # neither moves nor decays them. Without decay here they stay exactly at their values too
-    # (zero gradients keep their Adam moments at 0), ready for a later multi-modal run.
-    idle = idle_param_mask(params, tuple(data.modalities))
+  if config.get("data") is not None:
+    # Parameters the step never runs (modality groups: stems and the fusion no group uses) get
+    # zero gradients; PyTorch leaves their grad None, so AdamW neither moves nor decays them.
+    # Without decay here they stay exactly at their values too (zero gradients keep their Adam
+    # moments at 0), ready for a later multi-modal run.
+    from terrafm_jax.train import views  # pylint: disable=g-import-not-at-top
+    idle = idle_param_mask(params, *views.never_run(config))
     wd_mask = jax.tree.map(lambda d, i: d and not i, wd_mask, idle)
   freeze_steps = int(round(o.freeze_last_layer_epochs * config.steps_per_epoch))
   if freeze_steps > 0:

@@ -56,6 +56,24 @@ def needed_modalities(quotas: Mapping[str, tuple[int, ...] | None]) -> tuple[str
   return tuple(m for i, m in enumerate(MODALITIES) if any(q[i] for q in quotas.values()))
 
 
+def never_run(config: ml_collections.ConfigDict) -> tuple[tuple[str, ...], bool]:
+  """(modalities whose stem the step never runs, whether it never runs the fusion).
+
+  With modality groups on, the group sizes are static: a modality with an empty single group in
+  every family, while every fused group is empty, has its stem and embedding left out of the
+  graph, as is the fusion when no fused view exists (their gradients are symbolic zeros, as
+  PyTorch's grad None). With groups off every stem and the fusion run on every view (masked)."""
+  from terrafm_jax.data import modality_groups  # pylint: disable=g-import-not-at-top
+  from terrafm_jax.train import data_source  # pylint: disable=g-import-not-at-top
+  block = data_source.group_block(config)
+  if not block:
+    return (), False
+  quotas = modality_groups.family_quotas(data_source.crop_config(config), block)
+  needed = needed_modalities(quotas)
+  fused = any(q[len(MODALITIES)] for q in quotas.values())
+  return tuple(m for m in MODALITIES if m not in needed), not fused
+
+
 def make_views(batch: Mapping[str, jax.Array], contract: InputContract,
                data_cfg: ml_collections.ConfigDict, compute_dtype: Any,
                modalities: tuple[str, ...] = MODALITIES) -> Views:

@@ -168,5 +168,14 @@ def test_upernet_auxiliary_fcn_head_adds_its_weighted_loss():
                              float(ce(main)) + 0.4 * float(ce(aux)), rtol=1e-6)
   np.testing.assert_allclose(float(seg_train.training_loss(plain, main, labels, valid)),
                              float(ce(main)), rtol=1e-6)
+  # With dropout on, the main head draws the same channel masks with or without the auxiliary
+  # head (its dropout is named, so the main one keeps its name and RNG stream).
+  drop = seg_heads.UPerNetHead(num_classes=C, channels=8, pool_scales=(2,), aux_channels=4)
+  drop_plain = seg_heads.UPerNetHead(num_classes=C, channels=8, pool_scales=(2,),
+                                     aux_loss_weight=0.0)
+  rngs = {"dropout": jax.random.key(3)}
+  (main_d, _), _ = drop.apply(variables, feats, train=True, rngs=rngs, mutable=["batch_stats"])
+  plain_d, _ = drop_plain.apply(no_aux, feats, train=True, rngs=rngs, mutable=["batch_stats"])
+  np.testing.assert_array_equal(np.asarray(main_d), np.asarray(plain_d))
   with pytest.raises(ValueError, match="upernet_aux_loss_weight"):
     seg_heads.UPerNetHead(num_classes=C, channels=8, aux_loss_weight=-1.0).apply(variables, feats)

@@ -1,16 +1,19 @@
-"""Parameters no view reads (the stems and embeddings of modalities outside data.modalities, the
-fusion when fewer than two modalities are drawn) get zero gradients. PyTorch leaves their grad
-None, so its AdamW neither moves nor decays them; here they are kept out of the weight decay, so
-after real train steps they are still their initial values bit for bit, while everything the
-views read trains."""
+"""Parameters the step never runs (with modality groups: the stems and embeddings of modalities no
+group uses, the fusion when no group is fused) get zero gradients. PyTorch leaves their grad None,
+so its AdamW neither moves nor decays them; here they are kept out of the weight decay, so after
+real train steps they are still their initial values bit for bit, while everything the views
+read trains."""
 from __future__ import annotations
 
 import json
+import os
 
 import jax
 import numpy as np
 
 from terrafm_jax.train import optim
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 CODE = r"""
 with jax.set_mesh(mesh):
@@ -48,18 +51,49 @@ def test_single_modality_run_leaves_unread_params_exactly_untouched(run_py, step
   assert IDLE <= set(r["zero_mu"])
 
 
-def test_idle_mask_follows_the_configured_modalities():
+def test_masked_path_runs_every_stem_so_nothing_is_exempt(run_py, step_setup):
+  # modality_groups=False: every stem and the fusion run on every view (masked), so their
+  # parameters are decayed as any other (PyTorch's masked equivalent has zero, not None, grads).
+  setup = step_setup(1, 'config.data.modalities = ("s2_l1c",)\n'
+                        'config.data.modality_groups = False\nimport optax')
+  r = json.loads(run_py(setup + CODE, num_devices=1).strip().splitlines()[-1])
+  assert r["finite"] and r["unchanged"] == ["head/last_layer"], r["unchanged"]
+
+
+def _smoke(**data):
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location("smoke", "configs/smoke.py")
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  config = mod.get_config("test")
+  config.unlock()
+  config.mesh.data, config.mesh.fsdp = 1, 1
+  config.data.update(data)
+  return config
+
+
+def test_never_run_follows_the_static_groups(monkeypatch):
+  from terrafm_jax.train import views  # pylint: disable=g-import-not-at-top
+  monkeypatch.chdir(REPO)
+  assert views.never_run(_smoke()) == ((), False)
+  assert views.never_run(_smoke(modalities=("s2_l1c",))) == (("s1", "s2_l2a"), True)
+  # two modalities: fused views carry all three images, so every stem runs
+  assert views.never_run(_smoke(modalities=("s1", "s2_l2a"))) == ((), False)
+  assert views.never_run(_smoke(modalities=("s2_l1c",), modality_groups=False)) == ((), False)
+
+
+def test_idle_mask_names_the_stems_and_the_fusion():
   params = {"encoder": {"patch_embed": {
       **{f"conv2d_{m}": {"kernel": np.zeros((2, 2)), "bias": np.zeros(2)}
          for m in ("s1", "s2_l1c", "s2_l2a")},
       **{f"{m}_embed": np.zeros((1, 2)) for m in ("s1", "s2_l1c", "s2_l2a")},
       "fusion": {"queries": np.zeros((5, 2))}}}}
-  names = lambda mods: sorted(
+  names = lambda unused, fusion: sorted(
       optim.param_path(p) for p, idle in
-      jax.tree_util.tree_flatten_with_path(optim.idle_param_mask(params, mods))[0] if idle)
-  assert names(("s1", "s2_l1c", "s2_l2a")) == []
-  assert names(("s1", "s2_l2a")) == ["encoder/patch_embed/conv2d_s2_l1c/bias",
-                                     "encoder/patch_embed/conv2d_s2_l1c/kernel",
-                                     "encoder/patch_embed/s2_l1c_embed"]
-  assert "encoder/patch_embed/fusion/queries" in names(("s2_l2a",))
-  assert "encoder/patch_embed/conv2d_s2_l2a/kernel" not in names(("s2_l2a",))
+      jax.tree_util.tree_flatten_with_path(optim.idle_param_mask(params, unused, fusion))[0]
+      if idle)
+  assert names((), False) == []
+  assert names(("s2_l1c",), False) == ["encoder/patch_embed/conv2d_s2_l1c/bias",
+                                       "encoder/patch_embed/conv2d_s2_l1c/kernel",
+                                       "encoder/patch_embed/s2_l1c_embed"]
+  assert names((), True) == ["encoder/patch_embed/fusion/queries"]
