@@ -39,7 +39,7 @@ def _stream(d: str, batch: int, batches: int, workers: int, reuse_shm: bool = Tr
   first = time.perf_counter() - t
   # Warm up until every shared-memory slot has been written once: a slot's first use faults in
   # its tmpfs pages (~120 MB a batch here), a start-up cost that steady streaming does not pay.
-  warm = max(2, workers * (2 * buffer + 2) + 2) if reuse_shm else 2
+  warm = max(2, workers * pipeline.worker_slots(buffer) + 2) if reuse_shm else 2
   for _ in range(warm):
     b = next(it)
   t = time.perf_counter()

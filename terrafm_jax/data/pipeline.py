@@ -237,6 +237,12 @@ def make_sampler(prepared: PreparedData, sampling: sampling_lib.SamplingConfig,
                                         prepared.index["label"].to_numpy(np.int64))
 
 
+def worker_slots(worker_buffer_size: int) -> int:
+  """Shared-memory slots per worker process: the batches one can have in flight (its queue, the
+  parent's interleave buffer, one each side)."""
+  return 2 * worker_buffer_size + 2
+
+
 def make_train_dataset(data_dir: str, *, global_batch_size: int, seed: int,
                        crops: crops_lib.CropConfig = crops_lib.CropConfig(),
                        sampling: sampling_lib.SamplingConfig = sampling_lib.SamplingConfig(),
@@ -281,10 +287,9 @@ def make_train_dataset(data_dir: str, *, global_batch_size: int, seed: int,
                                                      per_worker_buffer_size=worker_buffer_size))
   elif worker_count > 0:
     ensure_absl_flags_parsed()
-    # Tiles leave the workers through reused shared-memory slots (shm_ring.py), enough for the
-    # batches in flight per worker: its queue, the parent's interleave buffer, one each side.
+    # Tiles leave the workers through reused shared-memory slots (shm_ring.py, worker_slots).
     t = prepared.tile_size
-    layout, shms = shm_ring.create(worker_count, 2 * worker_buffer_size + 2, {
+    layout, shms = shm_ring.create(worker_count, worker_slots(worker_buffer_size), {
         "s1": ((local, t, t, 2), np.float16), "s2_l1c": ((local, t, t, 12), np.uint16),
         "s2_l2a": ((local, t, t, 12), np.uint16)})
     slots = shm_ring.FromSlots(layout, shms)
