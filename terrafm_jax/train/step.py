@@ -16,9 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from terrafm_jax.data import modality_groups
 from terrafm_jax.data.contract import InputContract
-from terrafm_jax.train import data_source
 from terrafm_jax.train import loss as loss_lib
 from terrafm_jax.train import schedules as schedules_lib
 from terrafm_jax.train import views as views_lib
@@ -37,9 +35,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
   compute_dtype = jnp.dtype(config.model.dtype)
   use_drop_path = config.model.drop_path_rate > 0
   # Static per-block group sizes of each view family (data/modality_groups.py), or None.
-  block = data_source.group_block(config)
-  quotas = (modality_groups.family_quotas(data_source.crop_config(config), block) if block
-            else {"teacher": None, "student_global": None, "student_local": None})
+  quotas = views_lib.group_quotas(config)
 
   def grouped(groups, family):
     return {} if quotas[family] is None else {"groups": groups, "group_sizes": quotas[family]}
