@@ -27,7 +27,7 @@ import dataclasses
 import json
 import math
 import os
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -321,28 +321,77 @@ def _make_cell(rng: np.random.Generator, cfg: SyntheticConfig, n: int, used: set
                scene, products, _climate(lat), _region(lon))
 
 
+def real_cell(scene, used: set[str]) -> _Cell:
+  """A cell from a real scene crop (data/real_scenes.py), written as Major-TOM rows.
+
+  S2 bands are block-averaged to their native GSD and keep their stored DN (offsets included:
+  N9999 product ids make prepare decide them from the data); S1 dB becomes Major-TOM's linear
+  power. The grid cell is the one holding the crop's centre, or the next free row north of it
+  (Major-TOM keys products by cell, and the crops of one scene share a cell).
+  """
+  row, col = grid_lib.parse_cell(grid_lib.latlon_to_cell(scene.lat, scene.lon))
+  while grid_lib.cell_name(row, col) in used:
+    row += 1
+  used.add(grid_lib.cell_name(row, col))
+  n = scene.size
+  valid = np.ones((n, n), bool)
+  date = "20200101T000000"   # the scenes carry no S2 acquisition time; placeholder
+  products = {}
+  for m, bands in scene.s2.items():
+    level = "L1C" if m == "s2_l1c" else "L2A"
+    native = {}
+    for b, x in bands.items():
+      f = contract_lib.BAND_GSD_M[b] // 10
+      v = x.astype(np.float64) if f == 1 else _to_native(x.astype(np.float64), f, valid)
+      native[b] = np.clip(np.rint(v), 1, 65535).astype(np.uint16)
+    pid = f"S2A_MSI{level}_{date}_N9999_R000_T00XXX_{date}"
+    products[m] = _Product(m, pid, _iso(date), native, None, 0.0, 0.0,
+                           np.zeros((n, n), np.uint8))
+  if scene.s1_db is not None:
+    lin = (10.0 ** (scene.s1_db / 10.0)).astype(np.float32)
+    products["s1"] = _Product("s1", f"S1A_IW_GRDH_1SDV_{date}_{date}_000000_000000_0000", _iso(date),
+                              {"vv": lin[..., 0], "vh": lin[..., 1]}, None, 0.0, 0.0, None)
+  lat, lon = grid_lib.cell_bottom_left(row, col)
+  return _Cell(grid_lib.cell_name(row, col), row, col, lat, lon, scene.crs, scene.transform,
+               {"codes": scene.codes}, products, _climate(scene.lat), _region(scene.lon))
+
+
 def _rasters(cell: _Cell, m: str) -> dict[str, harmonize.Raster]:
   a, b, c, d, e, f = cell.transform
   out = {}
   for col, arr in cell.products[m].bands.items():
-    s = cell.scene["cls"].shape[0] / arr.shape[0]
     g = contract_lib.BAND_GSD_M[col.upper()] / 10
-    del s
     out[col] = harmonize.Raster(arr, (a * g, b, c, d, e * g, f), cell.crs,
                                 harmonize.S1_NODATA if m == "s1" else None)
   return out
 
 
+def cell_codes(cell: _Cell) -> np.ndarray:
+  """(n, n) WorldCover codes of a cell (0 = unlabelled): a real cell carries its own."""
+  if "codes" in cell.scene:
+    return cell.scene["codes"]
+  return np.asarray(lc_lib.CODES, np.uint8)[cell.scene["cls"]]
+
+
 def tile_landcover(cls: np.ndarray, tile_size: int) -> list[tuple[int, int, lc_lib.LandCover]]:
-  n = cls.shape[0] // tile_size
-  codes = np.asarray(lc_lib.CODES, np.uint8)[cls]
+  return tile_landcover_codes(np.asarray(lc_lib.CODES, np.uint8)[cls], tile_size)
+
+
+def tile_landcover_codes(codes: np.ndarray, tile_size: int
+                         ) -> list[tuple[int, int, lc_lib.LandCover]]:
+  n = codes.shape[0] // tile_size
   return [(r, c, lc_lib.hist_from_codes(codes[r * tile_size:(r + 1) * tile_size,
                                               c * tile_size:(c + 1) * tile_size]))
           for r in range(n) for c in range(n)]
 
 
-def write_synthetic_majortom(root: str, cfg: SyntheticConfig) -> dict[str, Any]:
-  """Write the three Core-* folders and worldcover.parquet under `root`; returns a summary."""
+def write_synthetic_majortom(root: str, cfg: SyntheticConfig,
+                             extra_cells: Sequence[_Cell] = ()) -> dict[str, Any]:
+  """Write the three Core-* folders and worldcover.parquet under `root`; returns a summary.
+
+  `extra_cells` (real scenes, data/real_scenes.py) are written after the synthetic cells, in
+  the same schema; their grid cells must not collide with each other.
+  """
   import pandas as pd  # pylint: disable=g-import-not-at-top
   import pyarrow as pa  # pylint: disable=g-import-not-at-top
   import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
@@ -354,10 +403,13 @@ def write_synthetic_majortom(root: str, cfg: SyntheticConfig) -> dict[str, Any]:
   writers: dict[str, Any] = {}
   counts = {m: 0 for m in contract_lib.MODALITIES}
   lc_rows = []
+  used.update(c.name for c in extra_cells)
+  if len(used) != len(extra_cells):
+    raise ValueError("extra_cells: two cells share a grid cell name")
   try:
-    for _ in range(cfg.num_cells):
-      cell = _make_cell(rng, cfg, cfg.cell_size, used)
-      for r, c, lc in tile_landcover(cell.scene["cls"], cfg.tile_size):
+    cells = [_make_cell(rng, cfg, cfg.cell_size, used) for _ in range(cfg.num_cells)]
+    for cell in cells + list(extra_cells):
+      for r, c, lc in tile_landcover_codes(cell_codes(cell), cfg.tile_size):
         lc_rows.append({"grid_cell": cell.name, "tile_row": r, "tile_col": c,
                         **{k: float(v) for k, v in zip(lc_lib.HIST_COLUMNS, lc.hist)},
                         "wc_nodata": lc.nodata_frac, "climate": cell.climate,
@@ -403,7 +455,8 @@ def write_synthetic_majortom(root: str, cfg: SyntheticConfig) -> dict[str, Any]:
       pd.DataFrame(rows).to_parquet(
           os.path.join(root, majortom.MODALITY_FOLDERS[m], "metadata.parquet"), index=False)
   pd.DataFrame(lc_rows).to_parquet(os.path.join(root, "worldcover.parquet"), index=False)
-  summary = {"config": dataclasses.asdict(cfg), "products": counts, "cells": cfg.num_cells}
+  summary = {"config": dataclasses.asdict(cfg), "products": counts, "cells": cfg.num_cells,
+             "real_cells": [c.name for c in extra_cells]}
   with open(os.path.join(root, "synthetic.json"), "w", encoding="utf-8") as f:
     json.dump(summary, f, indent=2)
   return summary
@@ -441,15 +494,24 @@ def make_labelled_set(num_tiles: int, *, tile_size: int, seed: int) -> dict[str,
 
 
 def ensure_builtin_dataset(root: str, *, num_cells: int = 64, cell_size: int = 128,
-                           tile_size: int = 64, seed: int = 0, num_workers: int = 0) -> str:
+                           tile_size: int = 64, seed: int = 0, num_workers: int = 0,
+                           real_root: str = "") -> str:
   """Write synthetic Major-TOM under `root/majortom` (once) and prepare it under `root/prepared`.
 
-  Both steps are skipped when already done with the same parameters; returns the prepared dataset
-  directory (the argument of `pipeline.make_train_iterator`).
+  `real_root`: an eo_samples folder whose unlabelled real scenes (data/real_scenes.py) are cut
+  into `cell_size` crops and written beside the synthetic cells. Both steps are skipped when
+  already done with the same parameters; returns the prepared dataset directory (the argument of
+  `pipeline.make_train_iterator`).
   """
   from terrafm_jax.data import prepare  # pylint: disable=g-import-not-at-top
   cfg = SyntheticConfig(num_cells=num_cells, cell_size=cell_size, tile_size=tile_size, seed=seed)
-  tag = f"n{num_cells}_c{cell_size}_t{tile_size}_s{seed}"
+  extra: list[_Cell] = []
+  if real_root:
+    from terrafm_jax.data import real_scenes  # pylint: disable=g-import-not-at-top
+    used: set[str] = set()
+    extra = [real_cell(c, used) for s in real_scenes.load_scenes(real_root)
+             for c in real_scenes.crops(s, cell_size)]
+  tag = f"n{num_cells}_c{cell_size}_t{tile_size}_s{seed}" + (f"_real{len(extra)}" if extra else "")
   raw = os.path.join(root, "majortom", tag)
   marker = os.path.join(raw, "synthetic.json")
   if not os.path.exists(marker):
@@ -458,7 +520,7 @@ def ensure_builtin_dataset(root: str, *, num_cells: int = 64, cell_size: int = 1
       import shutil  # pylint: disable=g-import-not-at-top
       shutil.rmtree(tmp)
     os.makedirs(tmp)
-    write_synthetic_majortom(tmp, cfg)
+    write_synthetic_majortom(tmp, cfg, extra)
     os.replace(tmp, raw)
   return prepare.prepare(
       raw, os.path.join(root, "prepared", tag),

@@ -80,6 +80,9 @@ _ALL = (
     _cb("dfc2020_s1", _S1, ("seg_upernet",), "miou", {"seg_upernet@default": 55.4}),
     _cb("dfc2020_s2", _L1C_13, ("seg_upernet",), "miou", {"seg_upernet@default": 63.8}),
     _cb("lcz_s2", _L1C_10, ("linear",), "accuracy", {"linear@default": 87.0}),
+    # Real labelled pixels in EuroSAT's own file format (eval/eurosat.py): 13 bands with B8A last,
+    # mapped by name onto the L1C stem, B10 dropped. The real-pixel learning check reads it too.
+    Task("eurosat/ms", "eurosat", "ms", _L1C_13, ("knn", "linear"), "accuracy"),
     # Real pixels, no published numbers: 32 px patches of the five eo_samples scenes, labelled by
     # their majority land-cover class (eval/eosamples.py), one task per stem.
     Task("eosamples/lulc-s1", "eosamples", "lulc", (StemMapping("s1", "s1"),),

@@ -171,6 +171,27 @@ def builtin_root(config: ml_collections.ConfigDict, workdir: str) -> str:
   return root
 
 
+def real_root(config: ml_collections.ConfigDict) -> str:
+  """The eo_samples folder whose real scenes join the built-in set, or "" for none.
+
+  `data.builtin.real_scenes`: "" none; "auto" the eo_samples folder beside the checkout, skipped
+  with a warning where it is absent; any other value a folder that must exist.
+  """
+  choice = config.data.builtin.real_scenes
+  if not choice:
+    return ""
+  if choice == "auto":
+    from terrafm_jax.eval import eosamples  # pylint: disable=g-import-not-at-top
+    root = eosamples.default_root()
+    if not os.path.isdir(os.path.join(root, "terramind_majortom")):
+      logging.warning("built-in set: no real scenes (%s not found); synthetic cells only", root)
+      return ""
+    return root
+  if not os.path.isdir(choice):
+    raise FileNotFoundError(f"config.data.builtin.real_scenes={choice!r}: no such folder")
+  return choice
+
+
 def _ensure_builtin(config: ml_collections.ConfigDict, workdir: str) -> str:
   """Prepare the built-in set once: process 0 first (the others wait at a barrier), then every
   other process opens it, building its own copy only if its host does not share the folder. A
@@ -186,7 +207,7 @@ def _ensure_builtin(config: ml_collections.ConfigDict, workdir: str) -> str:
       try:
         return synthetic.ensure_builtin_dataset(root, num_cells=b.num_cells,
                                                 cell_size=b.cell_size, tile_size=b.tile_size,
-                                                seed=b.seed)
+                                                seed=b.seed, real_root=real_root(config))
       finally:
         fcntl.flock(lock, fcntl.LOCK_UN)
 

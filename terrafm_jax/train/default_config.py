@@ -41,7 +41,10 @@ def get_base_config(variant: str = "B/16") -> ml_collections.ConfigDict:
   c.data.data_dir = ""              # prepared shards (terrafm_jax.data.prepare); required unless
   # builtin.enabled (the small synthetic set written on first use; configs/smoke.py only).
   c.data.builtin = ml_collections.ConfigDict(dict(
-      enabled=False, root="", num_cells=64, cell_size=64, tile_size=32, seed=0))
+      enabled=False, root="", num_cells=64, cell_size=64, tile_size=32, seed=0,
+      # Real unlabelled scenes written beside the synthetic cells (data/real_scenes.py): "" none,
+      # "auto" the eo_samples folder beside the checkout if present, or a folder.
+      real_scenes=""))
   # The run's input contract (normalisation, S1 nodata fill), saved in checkpoints and exports:
   # "prepared" = the prepared data's contract.json, "default" = the built-in one, or a JSON path.
   c.data.contract = "prepared"
@@ -130,6 +133,14 @@ def get_base_config(variant: str = "B/16") -> ml_collections.ConfigDict:
       enabled=False, num_cells=32, seed=12345, k=20, temperature=0.07, modality="all",
       img_size=-1, batch_size=64))
 
+  # Real-pixel learning check (eval/transfer_check.py): leave-one-out k-NN on the EuroSAT MS
+  # images of `data_root` ("" = eurosat_ms_subset beside the checkout), the teacher against the
+  # run's random init and raw band statistics, with paired bootstrap intervals at the end of the
+  # run; the teacher's accuracy also every `every_steps` (0 = only at the end).
+  c.transfer = ml_collections.ConfigDict(dict(
+      enabled=False, data_root="", skip_if_missing=True, every_steps=0, ks=(20, 5),
+      temperature=0.07, input_size=64, pooling="cls", num_bootstrap=2000, seed=0))
+
   # In-loop evaluation (terrafm_jax/eval/inloop.py): a benchmark task and protocol scored on the
   # teacher every `every_steps` (0 = off), logged as eval/<task>/<protocol>. skip_if_missing: a
   # missing data folder disables it with a warning instead of stopping the run.
@@ -212,6 +223,17 @@ def _validate(c: ml_collections.ConfigDict) -> None:
   if c.knn.enabled and (c.knn.k <= 0 or c.knn.num_cells < 4):
     raise ValueError(f"config.knn needs k > 0 and num_cells >= 4, got k={c.knn.k}, "
                      f"num_cells={c.knn.num_cells}")
+  t = c.transfer
+  if t.enabled:
+    if not t.ks or any(int(k) <= 0 for k in t.ks) or t.every_steps < 0 or t.num_bootstrap < 100:
+      raise ValueError(f"config.transfer needs positive ks, every_steps >= 0 and num_bootstrap "
+                       f">= 100, got ks={t.ks}, every_steps={t.every_steps}, "
+                       f"num_bootstrap={t.num_bootstrap}")
+    if t.pooling not in ("cls", "mean", "cls+mean"):
+      raise ValueError(f"config.transfer.pooling={t.pooling!r}: expected cls, mean or cls+mean")
+    if t.input_size % p:
+      raise ValueError(f"config.transfer.input_size={t.input_size} is not a multiple of the "
+                       f"patch size {p}")
   if c.eval.every_steps > 0:
     from terrafm_jax.eval import inloop  # pylint: disable=g-import-not-at-top
     try:

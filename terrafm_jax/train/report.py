@@ -35,7 +35,8 @@ def _series(rows: Sequence[Mapping[str, Any]], key: str) -> tuple[np.ndarray, np
 
 def write_report(workdir: epath.Path, rows: Sequence[Mapping[str, Any]], *,
                  num_prototypes: int, natural: np.ndarray | None = None,
-                 knn: Mapping[str, Any] | None = None) -> epath.Path:
+                 knn: Mapping[str, Any] | None = None,
+                 transfer: Mapping[str, Any] | None = None) -> epath.Path:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -43,7 +44,7 @@ def write_report(workdir: epath.Path, rows: Sequence[Mapping[str, Any]], *,
   evals = sorted({k for r in rows for k in r if k.startswith("eval/") and
                   not k.endswith("_seconds")})
   panels = ["loss", "entropy", "exposure"] + (["eval"] if evals else []) + (
-      ["knn"] if knn else [])
+      ["knn"] if knn else []) + (["transfer"] if transfer else [])
   cols = min(3, len(panels))
   nrows = math.ceil(len(panels) / cols)
   fig, axes = plt.subplots(nrows, cols, figsize=(5 * cols, 3.6 * nrows), squeeze=False)
@@ -88,6 +89,8 @@ def write_report(workdir: epath.Path, rows: Sequence[Mapping[str, Any]], *,
     ax["knn"].set_xticks(x, names, rotation=20, fontsize=7)
     ax["knn"].set(title=f"k-NN learning check (k={knn.get('k')})", ylim=(0, 1))
     ax["knn"].legend(fontsize=7)
+  if transfer:
+    _transfer_panel(ax["transfer"], transfer)
   fig.tight_layout()
   buf = io.BytesIO()
   fig.savefig(buf, format="png", dpi=100)
@@ -95,3 +98,21 @@ def write_report(workdir: epath.Path, rows: Sequence[Mapping[str, Any]], *,
   out = workdir / "report.png"
   out.write_bytes(buf.getvalue())  # through epath: a gs:// workdir gets its report too
   return out
+
+
+def _transfer_panel(ax, t: Mapping[str, Any]) -> None:
+  """Real-pixel check: accuracy per feature set and k, the paired intervals in the legend."""
+  ks = [str(k) for k in t["ks"]]
+  sets = ("pretrained", "random_init", "raw_band_stats")
+  x = np.arange(len(ks))
+  for i, name in enumerate(sets):
+    vals = [t["accuracy"][name][k] for k in ks]
+    label = name
+    if name != "pretrained":
+      iv = t["intervals"][f"pretrained-{name}"][ks[0]]
+      label += f" (pre - this, k={ks[0]}: {iv['diff']:+.3f} [{iv['lo']:+.3f}, {iv['hi']:+.3f}])"
+    ax.bar(x + (i - 1) * 0.27, vals, 0.27, label=label)
+  ax.axhline(t["majority_class"], color="grey", ls="--", lw=1, label="majority class")
+  ax.set_xticks(x, [f"k = {k}" for k in ks])
+  ax.set(title=f"real EuroSAT, {t['num_images']} images: leave-one-out k-NN", ylim=(0, 1))
+  ax.legend(fontsize=6, loc="upper left")

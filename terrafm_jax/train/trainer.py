@@ -211,6 +211,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if config.eval.every_steps > 0:
     from terrafm_jax.eval import inloop  # pylint: disable=g-import-not-at-top
     evaluator = inloop.maybe_create(config, contract)
+  transfer = None
+  if config.transfer.enabled:
+    from terrafm_jax.eval import transfer_check  # pylint: disable=g-import-not-at-top
+    k_params = jax.random.split(jax.random.PRNGKey(config.seed))[0]  # the run's own init key
+    transfer = transfer_check.maybe_create(
+        config, contract, sharding_lib.unbox(jax.jit(param_init)(k_params))["encoder"])
   # Exposure of the whole global batch (every process' slice), exact from step 0 after a resume.
   exposure = metrics_lib.ClassExposure()
   for s0 in range(0, start_step, 1024):
@@ -287,6 +293,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           workdir_lib.append_jsonl(jsonl, {"step": step, **scores})
           console.say(f"step {step}: " + ", ".join(
               f"{k} {v:.1f}" for k, v in scores.items() if not k.endswith("_seconds")))
+      if (transfer is not None and transfer.every_steps > 0
+          and step % transfer.every_steps == 0 and step < total_steps):
+        scores = transfer.in_loop(state.teacher["encoder"])  # a collective on multi-host
+      else:
+        scores = None
+      if scores and is_main:
+        writer.write_scalars(step, scores)
+        workdir_lib.append_jsonl(jsonl, {"step": step, **scores})
+        console.say(f"step {step}: real-pixel check " + ", ".join(
+            f"{k.rsplit('_', 1)[-1]} {v:.1f}" for k, v in scores.items()))
       planned_stop = end_step < total_steps and step == end_step
       if step % config.log_every_steps == 0 or step == total_steps or planned_stop:
         pending = (step, dev_metrics)
@@ -315,11 +331,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     from terrafm_jax.train import learning_check  # pylint: disable=g-import-not-at-top
     result["knn"] = learning_check.run(config, str(workdir), model, state.teacher, param_init,
                                        mesh, rules, writer, step, contract=contract)
+  final = transfer.final(state.teacher["encoder"]) if (
+      transfer is not None and step >= total_steps) else None
+  if final is not None and is_main:
+    res, scalars = final
+    result["transfer"] = res
+    writer.write_scalars(step, scalars)
+    workdir_lib.append_jsonl(jsonl, {"step": step, **scalars})
+    (workdir / "transfer_check.json").write_text(json.dumps(res, indent=2))
+    for line in transfer_check.format_table(res).splitlines():
+      console.say(line)
   if is_main and step > start_step and config.write_report:
     try:
       path = report_lib.write_report(workdir, report_lib.read_rows(jsonl),
                                      num_prototypes=config.model.head.out_dim,
-                                     natural=data.natural_distribution, knn=result.get("knn"))
+                                     natural=data.natural_distribution, knn=result.get("knn"),
+                                     transfer=result.get("transfer"))
       console.say(f"report: {path}")
     except Exception as e:  # pylint: disable=broad-except  (a plot never fails a finished run)
       logging.warning("report.png not written: %s", e)

@@ -1,0 +1,81 @@
+"""The real-pixel learning check: leave-one-out k-NN, the paired bootstrap and the plumbing."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from terrafm_jax.data.contract import DEFAULT_CONTRACT
+from terrafm_jax.eval import transfer_check as tc
+from terrafm_jax.eval import weights as weights_lib
+from terrafm_jax.models.config import get_model_config
+
+from tests.eval.test_eurosat import make_folder
+
+
+def test_leave_one_out_never_votes_for_itself():
+  # Each image's duplicate carries the other label: with itself excluded, every vote is wrong;
+  # counting itself (the one-off error) would make every vote right.
+  x = np.repeat(np.eye(4), 2, axis=0) + 0.01 * np.arange(8)[:, None]
+  y = np.tile([0, 1], 4)
+  assert not tc.loo_knn_correct(x, y, 2, k=1, temperature=0.07).any()
+  assert tc.loo_knn_correct(x, np.repeat([0, 1, 2, 3], 2), 4, k=1, temperature=0.07).all()
+
+
+def test_leave_one_out_weighted_vote():
+  # Query 0 has two far neighbours of class 1 and one near neighbour of class 2: with k = 3 the
+  # exp(sim / T) weights let the near one win at T = 0.07, the majority at T = 100.
+  x = np.array([[1.0, 0.0], [0.99, 0.14], [0.6, 0.8], [0.6, -0.8]])
+  y = np.array([2, 2, 1, 1])
+  assert tc.loo_knn_correct(x, y, 3, k=3, temperature=0.07)[0]
+  assert not tc.loo_knn_correct(x, y, 3, k=3, temperature=100.0)[0]
+
+
+def test_paired_bootstrap():
+  a = np.array([1, 1, 0, 1, 0, 1, 1, 0, 1, 1] * 10)
+  same = tc.paired_bootstrap(a, a, 500, seed=1)
+  assert same == {"diff": 0.0, "lo": 0.0, "hi": 0.0}
+  b = np.roll(a, 1)
+  r = tc.paired_bootstrap(a, b, 4000, seed=3)
+  assert r["diff"] == pytest.approx(np.mean(a - b)) and r["lo"] < r["diff"] < r["hi"]
+  # The paired interval's half-width follows the standard error of the per-image differences.
+  se = np.std(a - b) / np.sqrt(len(a))
+  assert (r["hi"] - r["lo"]) / 2 == pytest.approx(1.96 * se, rel=0.15)
+  assert tc.paired_bootstrap(a, b, 4000, seed=3) == r                         # seeded
+  assert tc.paired_bootstrap(np.ones(50), np.zeros(50))["lo"] == 1.0
+  with pytest.raises(ValueError, match="equal-length"):
+    tc.paired_bootstrap(a, a[:-1])
+
+
+def test_band_stats():
+  x = np.zeros((2, 4, 4, 3))
+  x[1, :2, :, 0] = 2.0
+  s = tc.band_stats(x)
+  assert s.shape == (2, 6) and s[1, 0] == 1.0 and s[1, 3] == 1.0 and not s[0].any()
+
+
+def test_check_plumbing(tmp_path):
+  root = make_folder(tmp_path, per_class=(("Forest", 4), ("River", 3), ("SeaLake", 3)))
+  mc = get_model_config("Mu/8")
+  mc.img_size = 32
+  settings = tc.Settings(ks=(3, 1), input_size=32, pooling="cls+mean", num_bootstrap=200,
+                         batch_size=8)
+  check = tc.TransferCheck(root, mc, DEFAULT_CONTRACT, settings)
+  assert check.inputs.shape == (20, 8, 8, 12) and check.stem == "s2_l1c"
+  p0 = weights_lib.random_params(mc, seed=0)
+  p1 = weights_lib.random_params(mc, seed=1)
+  feats = check.features(p0)
+  assert feats.shape == (20, 2 * p0["cls_token"].shape[-1]) and np.isfinite(feats).all()
+  with pytest.raises(RuntimeError, match="set_baselines"):
+    check.run(p0)
+  check.set_baselines(p0)
+  same = check.run(p0)     # the "pretrained" weights are the random init: no difference
+  assert same["intervals"]["pretrained-random_init"]["3"] == {"diff": 0.0, "lo": 0.0, "hi": 0.0}
+  other = check.run(p1)
+  assert set(other["accuracy"]) == set(tc.FEATURE_SETS)
+  acc = other["accuracy"]["pretrained"]
+  assert acc == {str(k): v for k, v in check.accuracy(p1).items()}
+  assert other["num_images"] == 20 and other["majority_class"] == 0.4
+  table = tc.format_table(other)
+  assert "raw_band_stats" in table and "pretrained-random_init" in table and "k = 3" in table
+  with pytest.raises(ValueError, match="pooling"):
+    tc.Settings(pooling="max")
