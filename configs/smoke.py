@@ -19,7 +19,7 @@ def get_config(arg: str | None = None):
   c.model.head.hidden_dim = 256
   c.model.head.bottleneck_dim = 64
   c.global_batch_size = 32
-  c.num_epochs = 120                         # 960 steps
+  c.num_epochs = 100                         # 416 tiles (256 synthetic, 160 real): 1300 steps
   c.data.builtin.enabled = True             # the only config that trains on the synthetic set
   c.data.builtin.num_cells = 64
   c.data.builtin.cell_size = 128
@@ -49,12 +49,17 @@ def get_config(arg: str | None = None):
   c.knn.modality = "all"
   c.knn.k = 20
   c.data.group_block = 4                     # divides the per-shard batch on 1 to 8 devices
-  # Real pixels during training: k-NN on land-cover patches of ../shared/eo_samples every 240
-  # steps (eval/eosamples.py); disabled with a warning where that folder is absent.
-  c.eval.every_steps = 240
-  c.eval.task = "eosamples/lulc-s2_l2a"
-  c.eval.protocol = "knn"
-  c.eval.skip_if_missing = True
+  # Real pixels in the pretraining set: the unlabelled eo_samples scenes (TerraMind tri-modal,
+  # Copernicus-FM L1C; never EuroSAT) cut into 128 px cells beside the synthetic ones
+  # (data/real_scenes.py); synthetic only, with a warning, where that folder is absent.
+  c.data.builtin.real_scenes = "auto"
+  # The real-pixel learning check (README, "Learning check on real pixels"): leave-one-out k-NN
+  # on the 270 EuroSAT MS images, pretrained vs random init vs raw band statistics, with paired
+  # bootstrap intervals at the end and the teacher's reading every 330 steps.
+  c.transfer.enabled = True
+  c.transfer.every_steps = 330
+  c.transfer.pooling = "cls+mean"
+  c.transfer.pca_scene = "auto"
   if arg == "test":
     c.data.source = "random"
     c.data.num_examples = 4 * c.global_batch_size
@@ -68,6 +73,8 @@ def get_config(arg: str | None = None):
     c.log_every_steps = 1
     c.knn.enabled = False
     c.eval.every_steps = 0
+    c.transfer.enabled = False
+    c.data.builtin.real_scenes = ""
     c.write_report = False                   # the many short test runs skip matplotlib
   elif arg:
     raise ValueError(f"configs/smoke.py: unknown variant {arg!r} (expected '' or 'test')")

@@ -205,8 +205,10 @@ class InRun:
                                         input_size=t.input_size, pooling=t.pooling,
                                         num_bootstrap=t.num_bootstrap, seed=t.seed))
     random_params = self._host(random_encoder_params)
+    self._random_params = random_params
     if random_params is not None:
       self.check.set_baselines(random_params)
+    self.scene_path = _scene_path(t.pca_scene)
 
   @staticmethod
   def _host(params):
@@ -236,6 +238,34 @@ class InRun:
       for k, iv in by_k.items():
         scalars.update({f"transfer/{pair}/k{k}/{w}": v for w, v in iv.items()})
     return result, scalars
+
+
+  def pictures(self, teacher_encoder_params) -> dict[str, Any] | None:
+    """PCA pictures of the patch features of the real scene `config.transfer.pca_scene`, for the
+    teacher and the random init (eval/feature_pca.py); None without a scene or off process 0."""
+    params = self._host(teacher_encoder_params)
+    if params is None or not self.scene_path:
+      return None
+    from terrafm_jax.eval import feature_pca  # pylint: disable=g-import-not-at-top
+    scene = feature_pca.read_scene(self.scene_path)
+    out = {"scene": self.scene_path}
+    for name, p in (("pretrained", params), ("random_init", self._random_params)):
+      w = Weights(p, self.check.model_config, self.check.contract, {"kind": "transfer-check"})
+      out[name] = feature_pca.scene_picture(w, scene)
+    return out
+
+
+def _scene_path(choice: str) -> str:
+  """"" none; "auto" the default eo_samples scene if present; else a path that must exist."""
+  if not choice:
+    return ""
+  if choice == "auto":
+    from terrafm_jax.eval import eosamples, feature_pca  # pylint: disable=g-import-not-at-top
+    path = os.path.join(eosamples.default_root(), feature_pca.DEFAULT_SCENE)
+    return path if os.path.exists(path) else ""
+  if not os.path.exists(choice):
+    raise FileNotFoundError(f"config.transfer.pca_scene={choice!r}: no such file")
+  return choice
 
 
 def maybe_create(config, contract: InputContract, random_encoder_params) -> InRun | None:

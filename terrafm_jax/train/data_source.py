@@ -207,7 +207,8 @@ def _ensure_builtin(config: ml_collections.ConfigDict, workdir: str) -> str:
       try:
         return synthetic.ensure_builtin_dataset(root, num_cells=b.num_cells,
                                                 cell_size=b.cell_size, tile_size=b.tile_size,
-                                                seed=b.seed, real_root=real_root(config))
+                                                seed=b.seed, real_root=real_root(config),
+                                                real_stride=b.real_stride)
       finally:
         fcntl.flock(lock, fcntl.LOCK_UN)
 

@@ -44,7 +44,9 @@ def get_base_config(variant: str = "B/16") -> ml_collections.ConfigDict:
       enabled=False, root="", num_cells=64, cell_size=64, tile_size=32, seed=0,
       # Real unlabelled scenes written beside the synthetic cells (data/real_scenes.py): "" none,
       # "auto" the eo_samples folder beside the checkout if present, or a folder.
-      real_scenes=""))
+      real_scenes="",
+      # Stride (px) between the real scenes' overlapping cell crops; 0: the fewest that cover.
+      real_stride=0))
   # The run's input contract (normalisation, S1 nodata fill), saved in checkpoints and exports:
   # "prepared" = the prepared data's contract.json, "default" = the built-in one, or a JSON path.
   c.data.contract = "prepared"
@@ -57,6 +59,10 @@ def get_base_config(variant: str = "B/16") -> ml_collections.ConfigDict:
   c.data.local_scale = (0.05, 0.25)
   c.data.ratio = (3 / 4, 4 / 3)      # RandomResizedCrop aspect ratios
   c.data.flip_p = 0.5
+  # Spectral jitter of the optical views (train/views.py): (sigma of a per-band log-gain, sigma of
+  # a per-view log-brightness), drawn per sample and view. The paper uses no photometric
+  # augmentation (METHOD.md 2), so (0, 0) here; the smoke run on few tiles needs it (README).
+  c.data.spectral_jitter = (0.0, 0.0)
   c.data.modality_reading = "a"     # METHOD.md 4: "a" one modality w.p. single_p else >= 2; "b"
   c.data.single_p = 0.5
   c.data.modalities = ("s1", "s2_l1c", "s2_l2a")  # modalities the draws may use; ("s2_l2a",) = SS
@@ -139,7 +145,10 @@ def get_base_config(variant: str = "B/16") -> ml_collections.ConfigDict:
   # run; the teacher's accuracy also every `every_steps` (0 = only at the end).
   c.transfer = ml_collections.ConfigDict(dict(
       enabled=False, data_root="", skip_if_missing=True, every_steps=0, ks=(20, 5),
-      temperature=0.07, input_size=64, pooling="cls", num_bootstrap=2000, seed=0))
+      temperature=0.07, input_size=64, pooling="cls", num_bootstrap=2000, seed=0,
+      # A real L1C scene whose patch features are drawn as PCA-RGB in report.png: "" none,
+      # "auto" the eo_samples scene of eval/feature_pca.py if present, or a GeoTIFF path.
+      pca_scene=""))
 
   # In-loop evaluation (terrafm_jax/eval/inloop.py): a benchmark task and protocol scored on the
   # teacher every `every_steps` (0 = off), logged as eval/<task>/<protocol>. skip_if_missing: a
@@ -211,6 +220,10 @@ def _validate(c: ml_collections.ConfigDict) -> None:
   if c.model.param_dtype != "float32":
     raise ValueError("config.model.param_dtype must be 'float32' (fp32 master weights and "
                      "optimizer state)")
+  jit = tuple(c.data.spectral_jitter)
+  if len(jit) != 2 or min(jit) < 0:
+    raise ValueError(f"config.data.spectral_jitter must be two sigmas >= 0 (per band, per view), "
+                     f"got {c.data.spectral_jitter}")
   for f in ("global_scale", "local_scale"):
     lo, hi = c.data[f]
     if not 0 < lo <= hi <= 1:

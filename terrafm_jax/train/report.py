@@ -36,7 +36,8 @@ def _series(rows: Sequence[Mapping[str, Any]], key: str) -> tuple[np.ndarray, np
 def write_report(workdir: epath.Path, rows: Sequence[Mapping[str, Any]], *,
                  num_prototypes: int, natural: np.ndarray | None = None,
                  knn: Mapping[str, Any] | None = None,
-                 transfer: Mapping[str, Any] | None = None) -> epath.Path:
+                 transfer: Mapping[str, Any] | None = None,
+                 pictures: Mapping[str, Any] | None = None) -> epath.Path:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -44,7 +45,8 @@ def write_report(workdir: epath.Path, rows: Sequence[Mapping[str, Any]], *,
   evals = sorted({k for r in rows for k in r if k.startswith("eval/") and
                   not k.endswith("_seconds")})
   panels = ["loss", "entropy", "exposure"] + (["eval"] if evals else []) + (
-      ["knn"] if knn else []) + (["transfer"] if transfer else [])
+      ["knn"] if knn else []) + (["transfer"] if transfer else []) + (
+      ["scene", "pca_pretrained", "pca_random_init"] if pictures else [])
   cols = min(3, len(panels))
   nrows = math.ceil(len(panels) / cols)
   fig, axes = plt.subplots(nrows, cols, figsize=(5 * cols, 3.6 * nrows), squeeze=False)
@@ -91,6 +93,17 @@ def write_report(workdir: epath.Path, rows: Sequence[Mapping[str, Any]], *,
     ax["knn"].legend(fontsize=7)
   if transfer:
     _transfer_panel(ax["transfer"], transfer)
+  if pictures:
+    ax["scene"].imshow(pictures["pretrained"]["rgb"])
+    ax["scene"].set_title(f"real scene: {'/'.join(str(pictures['scene']).split('/')[-2:])}",
+                          fontsize=8)
+    for name in ("pretrained", "random_init"):
+      a = ax[f"pca_{name}"]
+      a.imshow(pictures[name]["pca"], interpolation="nearest")
+      a.set_title(f"{name}: patch features, PCA to RGB "
+                  f"({100 * pictures[name]['explained']:.0f} % of variance)", fontsize=8)
+    for k in ("scene", "pca_pretrained", "pca_random_init"):
+      ax[k].axis("off")
   fig.tight_layout()
   buf = io.BytesIO()
   fig.savefig(buf, format="png", dpi=100)

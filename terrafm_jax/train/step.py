@@ -44,8 +44,10 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     step = state.step
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), step)
     k_global, k_local = jax.random.split(key)
+    # The jitter's key is folded from the step key, so the split above (drop path) is unchanged.
     views = views_lib.make_views(batch, contract, config.data, compute_dtype,
-                                 modalities=views_lib.needed_modalities(quotas))
+                                 modalities=views_lib.needed_modalities(quotas),
+                                 key=jax.random.fold_in(key, 0x5EC7))
     b = batch["label"].shape[0]
 
     teacher_logits = model.apply({"params": state.teacher}, views.global_images,

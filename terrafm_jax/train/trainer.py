@@ -341,12 +341,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     (workdir / "transfer_check.json").write_text(json.dumps(res, indent=2))
     for line in transfer_check.format_table(res).splitlines():
       console.say(line)
+  if transfer is not None and step >= total_steps:
+    result["pictures"] = transfer.pictures(state.teacher["encoder"])
   if is_main and step > start_step and config.write_report:
     try:
       path = report_lib.write_report(workdir, report_lib.read_rows(jsonl),
                                      num_prototypes=config.model.head.out_dim,
                                      natural=data.natural_distribution, knn=result.get("knn"),
-                                     transfer=result.get("transfer"))
+                                     transfer=result.get("transfer"),
+                                     pictures=result.get("pictures"))
       console.say(f"report: {path}")
     except Exception as e:  # pylint: disable=broad-except  (a plot never fails a finished run)
       logging.warning("report.png not written: %s", e)

@@ -82,17 +82,45 @@ def never_run(config: ml_collections.ConfigDict) -> tuple[tuple[str, ...], bool]
   return tuple(m for m in MODALITIES if m not in needed), not fused
 
 
+def spectral_jitter(views: dict[str, jax.Array], key: jax.Array, contract: InputContract,
+                    band_sigma: float, view_sigma: float) -> dict[str, jax.Array]:
+  """Random gains on the optical views, drawn per (sample, view): log-normal per band (sigma
+  `band_sigma`) times a log-normal brightness shared by the bands (`view_sigma`). One draw serves
+  L1C and L2A (the same bands of the same view). The gain applies to reflectance, so a normalised
+  x becomes g x + (g - 1) mean / std; exact zeros (nodata) stay 0. S1 is left as it is."""
+  optical = [m for m in views if m != "s1"]
+  if not optical:
+    return views
+  b, v = views[optical[0]].shape[:2]
+  kb, kv = jax.random.split(key)
+  c = views[optical[0]].shape[-1]
+  log_g = (band_sigma * jax.random.normal(kb, (b, v, 1, 1, c))
+           + view_sigma * jax.random.normal(kv, (b, v, 1, 1, 1)))
+  g = jnp.exp(log_g)
+  out = dict(views)
+  for m in optical:
+    ratio = jnp.asarray(contract[m].mean, jnp.float32) / jnp.asarray(contract[m].std, jnp.float32)
+    x = views[m]
+    out[m] = jnp.where(x == 0, 0.0, g * x + (g - 1.0) * ratio)
+  return out
+
+
 def make_views(batch: Mapping[str, jax.Array], contract: InputContract,
                data_cfg: ml_collections.ConfigDict, compute_dtype: Any,
-               modalities: tuple[str, ...] = MODALITIES) -> Views:
-  """`modalities`: the ones to crop (needed_modalities); the others are absent from the views."""
+               modalities: tuple[str, ...] = MODALITIES, key: jax.Array | None = None) -> Views:
+  """`modalities`: the ones to crop (needed_modalities); the others are absent from the views.
+  `key`: the step's randomness for data.spectral_jitter (unused when it is off)."""
   n_g = data_cfg.n_global
   tiles = device_crops.normalize_tiles({m: batch[m] for m in MODALITIES}, contract,
                                        modalities=modalities)
+  jitter = data_cfg.get("spectral_jitter", (0.0, 0.0))
+  jitter_on = key is not None and (jitter[0] > 0 or jitter[1] > 0)
 
   def crops(lo, hi, size):
     out = device_crops.crop_views(tiles, batch["boxes"][:, lo:hi], batch["flip"][:, lo:hi],
                                   out_size=size, use_kernel=data_cfg.get("crop_kernel", True))
+    if jitter_on:
+      out = spectral_jitter(out, jax.random.fold_in(key, lo), contract, *jitter)
     return {m: sample_major(out[m]).astype(compute_dtype) for m in modalities}
 
   n_views = batch["boxes"].shape[1]

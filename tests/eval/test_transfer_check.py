@@ -9,7 +9,7 @@ from terrafm_jax.eval import transfer_check as tc
 from terrafm_jax.eval import weights as weights_lib
 from terrafm_jax.models.config import get_model_config
 
-from tests.eval.test_eurosat import make_folder
+from tests.eval.test_eurosat import make_folder, write_tif
 
 
 def test_leave_one_out_never_votes_for_itself():
@@ -79,3 +79,48 @@ def test_check_plumbing(tmp_path):
   assert "raw_band_stats" in table and "pretrained-random_init" in table and "k = 3" in table
   with pytest.raises(ValueError, match="pooling"):
     tc.Settings(pooling="max")
+
+
+def test_main_job_prints_logs_and_draws_the_check(tmp_path, run_mod):
+  """The trainer's plumbing: in-loop readings every 4 steps, the final table with intervals, the
+  JSON, the scalars, the PCA picture and the report panel (smoke:test, random data, a 20-image
+  EuroSAT folder)."""
+  root = make_folder(tmp_path / "eurosat", per_class=(("Forest", 4), ("River", 3), ("SeaLake", 3)))
+  wd = tmp_path / "wd"
+  scene = str(tmp_path / "scene.tif")
+  write_tif(scene, np.random.default_rng(0).integers(100, 3000, (13, 40, 40)))
+  proc = run_mod("terrafm_jax.train", [
+      "--config=configs/smoke.py:test", f"--workdir={wd}", "--config.write_report=True",
+      f"--config.transfer.pca_scene={scene}",
+      "--config.transfer.enabled=True", "--config.transfer.every_steps=4",
+      f"--config.transfer.data_root={root}", "--config.transfer.input_size=32",
+      "--config.transfer.num_bootstrap=200", "--config.transfer.ks=(3,1)"])
+  out = proc.stdout + proc.stderr
+  assert "Real-pixel learning check: EuroSAT MS, 20 images" in out
+  assert "pretrained-random_init" in out and "real-pixel check k3" in out
+  import json
+  res = json.loads((wd / "transfer_check.json").read_text())
+  assert set(res["accuracy"]) == set(tc.FEATURE_SETS) and res["ks"] == [3, 1]
+  rows = [json.loads(line) for line in (wd / "metrics.jsonl").read_text().splitlines()]
+  last = max(r["step"] for r in rows)
+  inloop = [r["step"] for r in rows if "eval/eurosat_ms/loo_knn_k3" in r]
+  assert inloop == list(range(4, last, 4))               # the last step has the full reading
+  final = [r for r in rows if "transfer/pretrained/k3" in r]
+  assert len(final) == 1 and final[0]["step"] == last
+  assert "transfer/pretrained-random_init/k3/lo" in final[0]
+  assert final[0]["transfer/pretrained/k3"] == res["accuracy"]["pretrained"]["3"]
+  assert (wd / "report.png").stat().st_size > 10_000
+
+
+def test_missing_eurosat_folder(tmp_path):
+  import ml_collections
+  c = ml_collections.ConfigDict({"transfer": {"enabled": True, "data_root": str(tmp_path / "no"),
+                                              "skip_if_missing": True}})
+  assert tc.maybe_create(c, DEFAULT_CONTRACT, None) is None
+  c.transfer.skip_if_missing = False
+  from terrafm_jax.eval.dataset import EvalDataError
+  c.transfer.update(every_steps=0, ks=(20,), temperature=0.07, input_size=64, pooling="cls",
+                    num_bootstrap=100, seed=0)
+  c.model = get_model_config("Mu/8")
+  with pytest.raises(EvalDataError, match=str(tmp_path / "no")):
+    tc.maybe_create(c, DEFAULT_CONTRACT, None)
