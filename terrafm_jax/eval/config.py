@@ -22,7 +22,8 @@ def get_eval_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.protocols = ()               # empty: each task's own protocols (the paper's)
   c.partitions = ("default",)    # k-NN also runs on each extra partition listed (e.g. 0.01x_train)
   # Data folder per benchmark; a task whose benchmark has no folder is skipped by suites.
-  c.data_roots = ml_collections.ConfigDict(dict(geobench="", copernicus="", eosamples=""))
+  c.data_roots = ml_collections.ConfigDict(dict(geobench="", copernicus="", eosamples="",
+                                                eurosat=""))
   c.out_dir = "eval_results"
   c.cache_dir = ""               # "": <out_dir>/feature_cache
   c.seed = 0

@@ -212,9 +212,11 @@ class InRun:
 
   @staticmethod
   def _host(params):
-    """The (possibly sharded, multi-host) parameters on this host; None off process 0. A
-    collective on multi-host: call on every process."""
-    if jax.process_count() > 1:
+    """The parameters on this host; None off process 0. Arrays that span processes (the train
+    state's) are gathered first, a collective: call on every process. Process-local arrays (a
+    random init computed on this host's devices) are taken as they are."""
+    leaves = [a for a in jax.tree.leaves(params) if isinstance(a, jax.Array)]
+    if jax.process_count() > 1 and any(not a.is_fully_addressable for a in leaves):
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       params = multihost_utils.process_allgather(params, tiled=True)
     return jax.device_get(params) if jax.process_index() == 0 else None

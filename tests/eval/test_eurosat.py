@@ -127,3 +127,18 @@ def test_real_subset():
   # L1C before baseline 04.00: no +1000 offset (dark SWIR water pixels far below 1000).
   sea = images[labels == eurosat.CLASSES.index("SeaLake")]
   assert np.percentile(sea[..., eurosat.BANDS.index("B12")], 5) < 300
+
+
+def test_knn_and_linear_protocols_run_on_a_eurosat_folder(tmp_path):
+  from terrafm_jax.eval import runner
+  from terrafm_jax.eval.config import get_eval_config
+  from terrafm_jax.eval.weights import load_weights
+  root = make_folder(tmp_path, per_class=(("Forest", 5), ("River", 5)))
+  cfg = get_eval_config("tiny")
+  cfg.cache_dir = "none"
+  w = load_weights("random:Mu/8")
+  task = tasks.get_task("eurosat/ms")
+  for protocol in ("knn", "linear"):
+    row = runner.run(task, protocol, w, root, cfg, progress=False)
+    assert row.details["num_samples"] == {"train": 8, "val": 2, "test": 10}
+    assert 0.0 <= row.value <= 100.0 and row.metric == "accuracy"

@@ -70,6 +70,9 @@ def test_each_view_is_computed_alone_and_nan_stays_outside_the_box():
   # (XLA's elementwise weight formula itself may round differently at another batch size.)
   rows = jax.vmap(jax.vmap(lambda b: device_crops._weights(50, 16, b[0], b[2])))(boxes)
   cols = jax.vmap(jax.vmap(lambda b: device_crops._weights(50, 16, b[1], b[3])))(boxes)
+  # The FFI target is registered on first use; this test calls it directly, so register it here
+  # (it must not depend on an earlier test of the same worker having cropped).
+  assert resample_kernel.kernel_available()
   resample = jax.jit(resample_kernel.resample)
   np.testing.assert_array_equal(resample(tile, rows, cols)[1:],
                                 resample(tile[1:], rows[1:], cols[1:]))

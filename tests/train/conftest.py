@@ -76,7 +76,8 @@ def read_metrics(workdir: str) -> dict[int, dict]:
   with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
     for line in f:
       row = json.loads(line)
-      out[row["step"]] = row
+      # A step may have several rows (training metrics, in-loop evaluations, the final checks).
+      out.setdefault(row["step"], {}).update(row)
   return out
 
 

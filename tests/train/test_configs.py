@@ -18,7 +18,8 @@ def _load(name):
 
 
 @pytest.mark.parametrize("name,arg", [("terrafm_b", None), ("terrafm_b", "S/16"),
-                                      ("terrafm_l", None), ("smoke", None), ("smoke", "test")])
+                                      ("terrafm_l", None), ("smoke", None), ("smoke", "test"),
+                                      ("smoke", "transfer")])
 def test_configs_validate(name, arg):
   from terrafm_jax.train import default_config
   c = _load(name).get_config(arg)
