@@ -19,6 +19,7 @@ import re
 
 import numpy as np
 
+from terrafm_jax.eval import eosamples
 from terrafm_jax.eval.dataset import EvalDataError, EvalSplit, SourceGroup
 
 # EuroSAT's band order in the .tif files (the data set's documentation; B8A is the 13th band).
@@ -30,10 +31,8 @@ _NAME = re.compile(r"^(?P<cls>[A-Za-z]+)_(?P<n>\d+)\.tif$")
 
 
 def default_root() -> str:
-  """The evaluation subset beside the repository (CI and the development machines have it)."""
-  here = os.path.dirname(os.path.abspath(__file__))
-  return os.path.normpath(os.path.join(here, "..", "..", "..", "shared", "eo_samples",
-                                       "eurosat_ms_subset"))
+  """The evaluation subset in the eo_samples folder (eval/eosamples.py's default_root)."""
+  return os.path.join(eosamples.default_root(), "eurosat_ms_subset")
 
 
 def _class_folder(folder: str) -> list[tuple[str, int]]:
