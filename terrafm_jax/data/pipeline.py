@@ -5,7 +5,7 @@
                              worker_count=0, worker_buffer_size=2, contract=None)
     batch = next(it); state = it.get_state(); ...; it2.set_state(state)   # exact resumption
 
-`data_dir` is the dataset directory returned by `prepare.prepare` / `synthetic.ensure_builtin_dataset`
+`data_dir` is the dataset directory returned by `prepare.prepare` / `builtin.ensure_builtin_dataset`
 (or the prepare `out_dir` holding exactly one prepared dataset). Each step yields this process's
 slice of the global batch (B = global_batch_size / process_count) as numpy arrays:
 

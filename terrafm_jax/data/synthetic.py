@@ -1,14 +1,11 @@
 """Synthetic Major-TOM: the exact published parquet schema, filled with plausible S1/S2 data.
 
-It lets the README's pretraining command run without downloads, and it exercises the production
-reader (GeoTIFF bytes at native GSD, metadata rows, +1000 offsets, N9999 products, nodata, clouds).
+It lets the README's pretraining command run without downloads (data/builtin.py writes it beside
+the real scenes and prepares it), and it exercises the production reader (GeoTIFF bytes at native GSD, metadata rows, +1000 offsets, N9999 products, nodata, clouds).
 
     write_synthetic_majortom(root, SyntheticConfig(num_cells=16, cell_size=128, tile_size=64))
       -> root/Core-S1RTC, root/Core-S2L1C, root/Core-S2L2A (metadata.parquet + images/part_*.parquet)
          root/worldcover.parquet (per-tile WorldCover histograms, climate / region strata)
-    ensure_builtin_dataset(root, *, num_cells, cell_size, tile_size, seed) -> prepared_dir
-      writes the above (once) and runs prepare (skipped if already done); returns the dataset
-      directory that `pipeline.make_train_iterator` reads.
     make_labelled_set(num_tiles, *, tile_size, seed) -> dict of harmonised tiles + "label"
       held-out tiles from the same generator (another seed) for k-NN checks.
 
@@ -157,7 +154,7 @@ def _nodata_corner(rng: np.random.Generator, n: int) -> np.ndarray:
   return xx + yy < leg
 
 
-def _to_native(x: np.ndarray, factor: int, valid: np.ndarray) -> np.ndarray:
+def to_native(x: np.ndarray, factor: int, valid: np.ndarray) -> np.ndarray:
   """Block-average a 10 m band to a `factor`-times coarser grid of ceil(n / factor) pixels."""
   n = x.shape[0]
   m = math.ceil(n / factor)
@@ -177,7 +174,7 @@ def _s2_dn(values: np.ndarray, valid: np.ndarray, offset: bool) -> np.ndarray:
 
 
 @dataclasses.dataclass
-class _Product:
+class Product:
   modality: str
   product_id: str
   timestamp: str
@@ -197,7 +194,7 @@ def _baseline(rng: np.random.Generator, cfg: SyntheticConfig) -> tuple[str, bool
   return str(rng.choice(["0208", "0301"])), False
 
 
-def _s2_product(rng, cfg, scene, level: str, mgrs: str, date: str) -> _Product:
+def _s2_product(rng, cfg, scene, level: str, mgrs: str, date: str) -> Product:
   n = scene["cls"].shape[0]
   refl = scene["boa"].copy()
   b10 = rng.uniform(5, 40) + 3 * np.abs(grf(rng, (n, n), 3.0))
@@ -215,18 +212,18 @@ def _s2_product(rng, cfg, scene, level: str, mgrs: str, date: str) -> _Product:
   for col in columns:
     x = b10 if col == "B10" else refl[..., contract_lib.S2_BANDS.index(col)]
     f = contract_lib.BAND_GSD_M[col] // 10
-    native = x if f == 1 else _to_native(x, f, valid)
+    native = x if f == 1 else to_native(x, f, valid)
     nvalid = valid if f == 1 else native > 0
     bands[col] = _s2_dn(native, nvalid, offset)
   sat = "S2A" if rng.uniform() < 0.5 else "S2B"
   pid = (f"{sat}_MSI{level}_{date}_N{baseline}_R{rng.integers(1, 144):03d}_T{mgrs}_"
          f"{date[:8]}T{rng.integers(100000, 235959):06d}")
-  return _Product(f"s2_{level.lower()}", pid, _iso(date), bands, offset,
+  return Product(f"s2_{level.lower()}", pid, iso_time(date), bands, offset,
                   float(100 * (alpha > 0.5).mean()), float(1 - valid.mean()),
                   (alpha > 0.5).astype(np.uint8))
 
 
-def _s1_product(rng, cfg, scene, date: str) -> _Product:
+def _s1_product(rng, cfg, scene, date: str) -> Product:
   n = scene["cls"].shape[0]
   lin = 10 ** (scene["s1_db"] / 10) * rng.gamma(4.5, 1 / 4.5, size=(n, n, 2))
   valid = ~(_nodata_corner(rng, n) if rng.uniform() < cfg.p_nodata_corner else np.zeros((n, n),
@@ -234,11 +231,11 @@ def _s1_product(rng, cfg, scene, date: str) -> _Product:
   lin = np.where(valid[..., None], lin, harmonize.S1_NODATA).astype(np.float32)
   pid = (f"S1A_IW_GRDH_1SDV_{date}_{date[:9]}{int(date[9:]) + 25:06d}_0"
          f"{rng.integers(10000, 99999)}_0{rng.integers(10000, 99999):X}_{rng.integers(4096):04X}")
-  return _Product("s1", pid, _iso(date), {"vv": lin[..., 0], "vh": lin[..., 1]}, None, 0.0,
+  return Product("s1", pid, iso_time(date), {"vv": lin[..., 0], "vh": lin[..., 1]}, None, 0.0,
                   float(1 - valid.mean()), None)
 
 
-def _iso(date: str) -> str:
+def iso_time(date: str) -> str:
   return f"{date[:4]}-{date[4:6]}-{date[6:8]} {date[9:11]}:{date[11:13]}:{date[13:15]}"
 
 
@@ -259,7 +256,7 @@ def _geotiff(arr: np.ndarray, transform, crs: str, nodata=None, driver="GTiff") 
     return bytes(mf.read())
 
 
-def _thumbnail(p: _Product) -> bytes:
+def _thumbnail(p: Product) -> bytes:
   if p.modality == "s1":
     db = 10 * np.log10(np.maximum(np.stack([p.bands["vv"], p.bands["vh"]]), 1e-10))
     rgb = np.stack([db[0], db[0] + db[1], db[1]])
@@ -272,7 +269,7 @@ def _thumbnail(p: _Product) -> bytes:
 
 
 @dataclasses.dataclass
-class _Cell:
+class Cell:
   name: str
   row: int
   col: int
@@ -281,7 +278,7 @@ class _Cell:
   crs: str
   transform: tuple[float, ...]
   scene: dict[str, np.ndarray]
-  products: dict[str, _Product]
+  products: dict[str, Product]
   climate: str
   region: str
 
@@ -295,17 +292,17 @@ def _cell_location(rng: np.random.Generator, used: set[str]) -> tuple[int, int]:
       return row, col
 
 
-def _climate(lat: float) -> str:
+def climate_zone(lat: float) -> str:
   a = abs(lat)
   return "A" if a < 15 else "B" if a < 30 else "C" if a < 45 else "D" if a < 60 else "E"
 
 
-def _region(lon: float) -> str:
+def region_of(lon: float) -> str:
   return ("americas" if lon < -30 else "europe_africa" if lon < 60 else "asia_oceania")
 
 
 def _make_cell(rng: np.random.Generator, cfg: SyntheticConfig, n: int, used: set[str],
-               force_all: bool = False) -> _Cell:
+               force_all: bool = False) -> Cell:
   from rasterio.warp import transform as warp_transform  # pylint: disable=g-import-not-at-top
   row, col = _cell_location(rng, used)
   lat, lon = grid_lib.cell_bottom_left(row, col)
@@ -330,46 +327,11 @@ def _make_cell(rng: np.random.Generator, cfg: SyntheticConfig, n: int, used: set
       products[m] = _s2_product(rng, cfg, scene, "L1C" if m == "s2_l1c" else "L2A", mgrs, date)
   if not products:  # every cell has at least one modality
     return _make_cell(rng, cfg, n, used, force_all=True)
-  return _Cell(grid_lib.cell_name(row, col), row, col, lat, lon, f"EPSG:{epsg}", transform,
-               scene, products, _climate(lat), _region(lon))
+  return Cell(grid_lib.cell_name(row, col), row, col, lat, lon, f"EPSG:{epsg}", transform,
+               scene, products, climate_zone(lat), region_of(lon))
 
 
-def real_cell(scene, used: set[str]) -> _Cell:
-  """A cell from a real scene crop (data/real_scenes.py), written as Major-TOM rows.
-
-  S2 bands are block-averaged to their native GSD and keep their stored DN (offsets included:
-  N9999 product ids make prepare decide them from the data); S1 dB becomes Major-TOM's linear
-  power. The grid cell is the one holding the crop's centre, or the next free row north of it
-  (Major-TOM keys products by cell, and the crops of one scene share a cell).
-  """
-  row, col = grid_lib.parse_cell(grid_lib.latlon_to_cell(scene.lat, scene.lon))
-  while grid_lib.cell_name(row, col) in used:
-    row += 1
-  used.add(grid_lib.cell_name(row, col))
-  n = scene.size
-  valid = np.ones((n, n), bool)
-  date = "20200101T000000"   # the scenes carry no S2 acquisition time; placeholder
-  products = {}
-  for m, bands in scene.s2.items():
-    level = "L1C" if m == "s2_l1c" else "L2A"
-    native = {}
-    for b, x in bands.items():
-      f = contract_lib.BAND_GSD_M[b] // 10
-      v = x.astype(np.float64) if f == 1 else _to_native(x.astype(np.float64), f, valid)
-      native[b] = np.clip(np.rint(v), 1, 65535).astype(np.uint16)
-    pid = f"S2A_MSI{level}_{date}_N9999_R000_T00XXX_{date}"
-    products[m] = _Product(m, pid, _iso(date), native, None, 0.0, 0.0,
-                           np.zeros((n, n), np.uint8))
-  if scene.s1_db is not None:
-    lin = (10.0 ** (scene.s1_db / 10.0)).astype(np.float32)
-    products["s1"] = _Product("s1", f"S1A_IW_GRDH_1SDV_{date}_{date}_000000_000000_0000", _iso(date),
-                              {"vv": lin[..., 0], "vh": lin[..., 1]}, None, 0.0, 0.0, None)
-  lat, lon = grid_lib.cell_bottom_left(row, col)
-  return _Cell(grid_lib.cell_name(row, col), row, col, lat, lon, scene.crs, scene.transform,
-               {"codes": scene.codes}, products, _climate(scene.lat), _region(scene.lon))
-
-
-def _rasters(cell: _Cell, m: str) -> dict[str, harmonize.Raster]:
+def _rasters(cell: Cell, m: str) -> dict[str, harmonize.Raster]:
   a, b, c, d, e, f = cell.transform
   out = {}
   for col, arr in cell.products[m].bands.items():
@@ -379,7 +341,7 @@ def _rasters(cell: _Cell, m: str) -> dict[str, harmonize.Raster]:
   return out
 
 
-def cell_codes(cell: _Cell) -> np.ndarray:
+def cell_codes(cell: Cell) -> np.ndarray:
   """(n, n) WorldCover codes of a cell (0 = unlabelled): a real cell carries its own."""
   if "codes" in cell.scene:
     return cell.scene["codes"]
@@ -399,7 +361,7 @@ def tile_landcover_codes(codes: np.ndarray, tile_size: int
 
 
 def write_synthetic_majortom(root: str, cfg: SyntheticConfig,
-                             extra_cells: Sequence[_Cell] = ()) -> dict[str, Any]:
+                             extra_cells: Sequence[Cell] = ()) -> dict[str, Any]:
   """Write the three Core-* folders and worldcover.parquet under `root`; returns a summary.
 
   `extra_cells` (real scenes, data/real_scenes.py) are written after the synthetic cells, in
@@ -504,42 +466,3 @@ def make_labelled_set(num_tiles: int, *, tile_size: int, seed: int) -> dict[str,
   res["label"] = np.asarray(labels, np.int32)
   res["hist"] = np.stack(hists).astype(np.float32)
   return res
-
-
-def ensure_builtin_dataset(root: str, *, num_cells: int = 64, cell_size: int = 128,
-                           tile_size: int = 64, seed: int = 0, num_workers: int = 0,
-                           real_root: str = "", real_stride: int = 0) -> str:
-  """Write synthetic Major-TOM under `root/majortom` (once) and prepare it under `root/prepared`.
-
-  `real_root`: an eo_samples folder whose unlabelled real scenes (data/real_scenes.py) are cut
-  into `cell_size` crops every `real_stride` px (0: the fewest that cover each scene) and written
-  beside the synthetic cells. Both steps are skipped when
-  already done with the same parameters; returns the prepared dataset directory (the argument of
-  `pipeline.make_train_iterator`).
-  """
-  from terrafm_jax.data import prepare  # pylint: disable=g-import-not-at-top
-  cfg = SyntheticConfig(num_cells=num_cells, cell_size=cell_size, tile_size=tile_size, seed=seed)
-  extra: list[_Cell] = []
-  if real_root:
-    from terrafm_jax.data import real_scenes  # pylint: disable=g-import-not-at-top
-    used: set[str] = set()
-    extra = [real_cell(c, used) for s in real_scenes.load_scenes(real_root)
-             for c in real_scenes.crops(s, cell_size, real_stride, tile_size)]
-  # The generator's version is in the folder name: a changed scene model never reuses a set
-  # written by an older one.
-  tag = (f"v{GENERATOR_VERSION}_n{num_cells}_c{cell_size}_t{tile_size}_s{seed}"
-         + (f"_real{len(extra)}s{real_stride}" if extra else ""))
-  raw = os.path.join(root, "majortom", tag)
-  marker = os.path.join(raw, "synthetic.json")
-  if not os.path.exists(marker):
-    tmp = raw + ".tmp"
-    if os.path.exists(tmp):
-      import shutil  # pylint: disable=g-import-not-at-top
-      shutil.rmtree(tmp)
-    os.makedirs(tmp)
-    write_synthetic_majortom(tmp, cfg, extra)
-    os.replace(tmp, raw)
-  return prepare.prepare(
-      raw, os.path.join(root, "prepared", tag),
-      prepare.PrepareOptions(tile_size=tile_size, landcover=os.path.join(raw, "worldcover.parquet"),
-                             num_workers=num_workers))

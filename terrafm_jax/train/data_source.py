@@ -3,7 +3,7 @@ know about them (`TrainData`: size, input contract, land-cover labels, global ba
 
 `config.data.source`:
   "pipeline": terrafm_jax.data (Grain over the prepared shards in `config.data.data_dir`, or the
-              built-in synthetic Major-TOM set when `config.data.builtin.enabled`, smoke only);
+              built-in set (data/builtin.py) when `config.data.builtin.enabled`, smoke only);
   "random"  : deterministic random tiles with the same keys, shapes and dtypes, for tests and
               benchmarks of the step alone (no learnable signal).
 Both iterators have get_state/set_state, so checkpoints resume them exactly.
@@ -196,7 +196,7 @@ def _ensure_builtin(config: ml_collections.ConfigDict, workdir: str) -> str:
   """Prepare the built-in set once: process 0 first (the others wait at a barrier), then every
   other process opens it, building its own copy only if its host does not share the folder. A
   file lock serialises processes of one host."""
-  from terrafm_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  from terrafm_jax.data import builtin  # pylint: disable=g-import-not-at-top
   b = config.data.builtin
   root = builtin_root(config, workdir)
   os.makedirs(root, exist_ok=True)
@@ -205,7 +205,7 @@ def _ensure_builtin(config: ml_collections.ConfigDict, workdir: str) -> str:
     with open(os.path.join(root, ".lock"), "w", encoding="utf-8") as lock:
       fcntl.flock(lock, fcntl.LOCK_EX)
       try:
-        return synthetic.ensure_builtin_dataset(root, num_cells=b.num_cells,
+        return builtin.ensure_builtin_dataset(root, num_cells=b.num_cells,
                                                 cell_size=b.cell_size, tile_size=b.tile_size,
                                                 seed=b.seed, real_root=real_root(config),
                                                 real_stride=b.real_stride)

@@ -4,6 +4,7 @@ import os
 import numpy as np
 import pyarrow.parquet as pq
 
+from terrafm_jax.data import builtin
 from terrafm_jax.data import contract as contract_lib
 from terrafm_jax.data import majortom
 from terrafm_jax.data import synthetic
@@ -61,10 +62,10 @@ def test_labelled_set_classes_are_separable():
 
 
 def test_ensure_builtin_dataset_is_idempotent(tmp_path):
-  d = synthetic.ensure_builtin_dataset(str(tmp_path), num_cells=3, cell_size=32, tile_size=16,
+  d = builtin.ensure_builtin_dataset(str(tmp_path), num_cells=3, cell_size=32, tile_size=16,
                                        seed=1, num_workers=1)
   mtime = os.path.getmtime(os.path.join(d, "index.parquet"))
-  assert synthetic.ensure_builtin_dataset(str(tmp_path), num_cells=3, cell_size=32,
+  assert builtin.ensure_builtin_dataset(str(tmp_path), num_cells=3, cell_size=32,
                                           tile_size=16, seed=1) == d
   assert os.path.getmtime(os.path.join(d, "index.parquet")) == mtime
   assert os.path.exists(os.path.join(d, "contract.json"))

@@ -9,7 +9,7 @@ import pytest
 import rasterio
 
 from terrafm_jax.data import real_scenes
-from terrafm_jax.data import synthetic
+from terrafm_jax.data import builtin
 from terrafm_jax.data.errors import BadInputError
 
 
@@ -53,7 +53,7 @@ def test_scenes_crops_and_units(eo_samples):
   np.testing.assert_array_equal(crops[3].s2["s2_l2a"]["B04"], s.s2["s2_l2a"]["B04"][96:, 96:])
   a, _, c, _, e, f = s.transform
   assert crops[3].transform[2] == c + 96 * a and crops[3].transform[5] == f + 96 * e
-  cell = synthetic.real_cell(crops[3], set())
+  cell = builtin.real_cell(crops[3], set())
   lin = cell.products["s1"].bands["vv"]
   np.testing.assert_allclose(10 * np.log10(lin), crops[3].s1_db[..., 0], atol=1e-4)
   assert cell.products["s2_l1c"].bands["B01"].shape == (22, 22)          # 60 m, ceil(128 / 6)
@@ -70,7 +70,7 @@ def test_missing_folder_is_named(tmp_path):
 
 
 def test_builtin_set_with_real_scenes(eo_samples, tmp_path):
-  prepared = synthetic.ensure_builtin_dataset(str(tmp_path), num_cells=2, cell_size=128,
+  prepared = builtin.ensure_builtin_dataset(str(tmp_path), num_cells=2, cell_size=128,
                                               tile_size=64, real_root=eo_samples)
   index = pd.read_parquet(os.path.join(prepared, "index.parquet"))
   # 2 synthetic cells + 5 x 4 TerraMind crops + 9 Copernicus-FM crops of 128 px, 4 tiles each;

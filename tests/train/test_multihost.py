@@ -76,9 +76,9 @@ def _expected_global_batches(data_dir, seed, process_count, start, count):
 
 def test_two_processes_real_pipeline_sigterm_one_then_resume_on_one(tmp_path, cli, metrics_of,
                                                                      env_for):
-  from terrafm_jax.data import synthetic
+  from terrafm_jax.data import builtin
   root = tmp_path / "builtin"
-  data_dir = synthetic.ensure_builtin_dataset(str(root), **BUILTIN)
+  data_dir = builtin.ensure_builtin_dataset(str(root), **BUILTIN)
   work, logs = tmp_path / "w", tmp_path / "logs"
   logs.mkdir()
   args = _args(work, root, "--config.total_steps=100000", "--config.checkpoint.every_steps=100000")
