@@ -96,7 +96,12 @@ def read_image(path: str) -> np.ndarray:
 def read_all(root: str, split: str = "all") -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
   """(N, H, W, 13) float32 DN, (N,) int labels and the file paths of one split, in one go."""
   items = index(os.path.abspath(root), split)
-  images = np.stack([read_image(p) for p, _ in items])
+  images = [read_image(p) for p, _ in items]
+  for (path, _), x in zip(items, images):
+    if x.shape != images[0].shape:
+      raise EvalDataError(f"{path}: {x.shape[0]} x {x.shape[1]} px, but {items[0][0]} has "
+                          f"{images[0].shape[0]} x {images[0].shape[1]} (one size per folder)")
+  images = np.stack(images)
   return images, np.asarray([y for _, y in items], np.int64), tuple(p for p, _ in items)
 
 

@@ -91,6 +91,7 @@ def test_natural_order_of_image_numbers(tmp_path):
     ("class", "not a EuroSAT class folder"),
     ("name", "expected a file named Forest_<n>.tif"),
     ("garbage", "not a readable GeoTIFF"),
+    ("size", "one size per folder"),
 ])
 def test_bad_input_names_the_file(tmp_path, defect, match):
   root = make_folder(tmp_path)
@@ -103,6 +104,8 @@ def test_bad_input_names_the_file(tmp_path, defect, match):
   elif defect == "name":
     bad = os.path.join(root, "train", "Forest", "forest-9.tif")
     write_tif(bad, planted(signature))
+  elif defect == "size":
+    write_tif(bad, planted(signature, h=16))
   else:
     with open(bad, "wb") as f:
       f.write(b"not a tiff")
