@@ -7,7 +7,7 @@ statistics, with paired bootstrap intervals); and by kNN on a held-out labelled 
 within each modality and across modalities (memory in one, queries in another).
   python -m terrafm_jax.train --config=configs/smoke.py --workdir=/tmp/smoke
 Variants: `:test` (a handful of steps, random data, no kNN; used by the tests); `:transfer` (the
-same recipe four times longer, ~15 min).
+same recipe four times longer, ~12.5 min).
 """
 from terrafm_jax.train import default_config
 
