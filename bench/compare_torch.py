@@ -177,7 +177,7 @@ class JaxStep:
     with jax.set_mesh(mesh), __import__("flax").linen.logical_axis_rules(rules):
       t0 = time.perf_counter()
       self.lowered = fn.lower(self.state, self.batches[0])
-      self.compiled = self.lowered.compile(compiler_options=trainer.compiler_options(config))
+      self.compiled = self.lowered.compile(compiler_options=trainer.compiler_options(config, "cpu"))
       self.compile_s = time.perf_counter() - t0
       self.views_c = views_fn.lower(self.batches[0]).compile()
     self.flops = xla_flops(self.compiled)

@@ -50,7 +50,7 @@ def main(_):
                donate_argnums=(0,))
   with jax.set_mesh(mesh), __import__("flax").linen.logical_axis_rules(rules):
     t0 = time.time()
-    compiled = fn.lower(st, batches[0]).compile(compiler_options=trainer.compiler_options(config))
+    compiled = fn.lower(st, batches[0]).compile(compiler_options=trainer.compiler_options(config, "cpu"))
     compile_s = time.time() - t0
     memory = metrics.log_memory_analysis(compiled)
     print(f"compile {compile_s:.1f} s; memory {memory}")

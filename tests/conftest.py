@@ -1,5 +1,6 @@
 """Suite-wide settings, applied before any test module imports jax.
 
+* JAX_PLATFORMS=cpu where libtpu is installed without a TPU (terrafm_jax/platforms.py).
 * Cheap LLVM optimisation for every XLA:CPU compilation of the test process (the subprocess
   helpers of tests/train and tests/eval pass these XLA_FLAGS on): most of the suite's time is
   compiling small programs once, not running them. The numerics are IEEE either way; tests that
@@ -22,6 +23,8 @@ import tempfile
 
 import pytest
 
+from terrafm_jax import platforms
+
 FAST_COMPILE = ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true")
 
 if "jax" not in sys.modules:
@@ -29,6 +32,11 @@ if "jax" not in sys.modules:
   names = {f.split("=")[0] for f in flags}
   flags += [f for f in FAST_COMPILE if f.split("=")[0] not in names]
   os.environ["XLA_FLAGS"] = " ".join(flags)
+# libtpu (the test extra) on a machine without a TPU: CPU only, for this process and the
+# subprocesses the tests start (terrafm_jax/platforms.py says why).
+_platforms = platforms.platforms_without_tpu()
+if _platforms:
+  os.environ["JAX_PLATFORMS"] = _platforms
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
     tempfile.gettempdir(), f"terrafm_tests_jaxcache_{os.getppid()}"))
 

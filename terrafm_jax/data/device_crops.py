@@ -13,10 +13,12 @@ pixel i samples tile row y0 + (i + 0.5) * h / out - 0.5 (pixel-centre convention
 with h = w = out returns the tile pixels exactly. Flip reverses the output's x axis. All modalities
 of a view share the box (they are co-registered); shapes are static for any box.
 
-On the CPU backend in float32 the resize runs as one FFI kernel (ops/resample_kernel.py) with the
-weights jax.image computes, summed over each output pixel's non-zero taps only, instead of dense
+Compiled for CPU, in float32, the resize runs as one FFI kernel (ops/resample_kernel.py) with the
+weights jax.image uses, summed over each output pixel's non-zero taps only, instead of dense
 (tile x out) contractions that are almost all zeros (issue #9). The values agree with
-jax.image to float rounding (tests/ops/test_resample_kernel.py).
+jax.image to float rounding (tests/ops/test_resample_kernel.py). The choice is made when the step
+is lowered (`jax.lax.platform_dependent`), so a TPU or GPU compile gets jax.image's form and never
+sees the kernel, whatever the host.
 """
 from __future__ import annotations
 
@@ -24,16 +26,12 @@ from typing import Mapping
 
 import jax
 import jax.numpy as jnp
-# jax.image's own weight matrices, so the kernel path resamples with exactly its filter (private
-# module; jax is pinned to 0.10.x and the kernel test compares against jax.image).
-from jax._src.image import scale as _jax_image_scale
+import numpy as np
 
 from terrafm_jax.data import contract as contract_lib
 from terrafm_jax.models import axes
 from terrafm_jax.ops import resample_kernel
 from terrafm_jax.ops.per_device import per_device
-
-_CUBIC_RADIUS, _CUBIC = _jax_image_scale._kernels[jax.image.ResizeMethod.CUBIC]
 
 
 def normalize_tiles(batch: Mapping[str, jax.Array], contract: contract_lib.InputContract,
@@ -61,12 +59,31 @@ def _crop_one(img: jax.Array, box: jax.Array, flip: jax.Array, out_size: int) ->
   return jnp.where(flip, out[:, ::-1], out)
 
 
+def _keys_cubic(x: jax.Array) -> jax.Array:
+  """Keys' cubic convolution kernel with a = -0.5 at distance x >= 0 (zero from 2 on)."""
+  near = (1.5 * x - 2.5) * x * x + 1.0
+  far = ((-0.5 * x + 2.5) * x - 4.0) * x + 2.0
+  return jnp.where(x < 1.0, near, jnp.where(x < 2.0, far, 0.0))
+
+
 def _weights(size: int, out_size: int, start: jax.Array, length: jax.Array) -> jax.Array:
-  """(size, out_size) weights of one axis, as jax.image.scale_and_translate forms them."""
+  """(size, out_size) weights of one axis: output pixel i samples input position
+  start + (i + 0.5) * length / out_size - 0.5 with the cubic kernel, widened by length / out_size
+  when shrinking (antialiasing), each column normalised to sum 1, and zero for a sample outside
+  the input; the weights jax.image.scale_and_translate(method="cubic", antialias=True) uses."""
+  # In jax.image's order of operations (scale, its inverse, translation), so that the float32
+  # rounding of the sample positions is the same as on the dense path.
   scale = (out_size / length).astype(jnp.float32)
-  return _jax_image_scale.compute_weight_mat(size, out_size, scale, -start * scale, _CUBIC,
-                                             antialias=True, edge_padding=False,
-                                             radius=_CUBIC_RADIUS).astype(jnp.float32)
+  inv_scale = 1.0 / scale
+  translation = -start * scale
+  sample = (jnp.arange(out_size, dtype=jnp.float32) + 0.5) * inv_scale - translation * inv_scale - 0.5
+  distance = jnp.abs(sample[None, :] - jnp.arange(size, dtype=jnp.float32)[:, None])
+  w = _keys_cubic(distance / jnp.maximum(inv_scale, 1.0))
+  total = jnp.sum(w, axis=0, keepdims=True)
+  w = jnp.where(jnp.abs(total) > 1000.0 * float(np.finfo(np.float32).eps),
+                w / jnp.where(total != 0, total, 1.0), 0.0)
+  inside = (sample >= -0.5) & (sample <= size - 0.5)
+  return jnp.where(inside[None, :], w, 0.0).astype(jnp.float32)
 
 
 def _crop_kernel(stacked: jax.Array, boxes: jax.Array, flip: jax.Array, out_size: int):
@@ -95,13 +112,19 @@ def crop_views(tiles: Mapping[str, jax.Array], boxes: jax.Array, flip: jax.Array
   sizes = [tiles[m].shape[-1] for m in names]
   stacked = jnp.concatenate([tiles[m].astype(jnp.float32) for m in names], axis=-1)
   boxes, flip = boxes.astype(jnp.float32), flip.astype(bool)
-  out = None
-  if use_kernel and resample_kernel.kernel_applies(stacked):
-    out = _crop_kernel(stacked, boxes, flip, out_size)
-  if out is None:
+
+  def dense(stacked, boxes, flip):  # jax.image's form: every platform
     per_view = jax.vmap(_crop_one, in_axes=(None, 0, 0, None))          # over views
-    per_sample = jax.vmap(per_view, in_axes=(0, 0, 0, None))            # over the batch
-    out = per_sample(stacked, boxes, flip, out_size)
+    return jax.vmap(per_view, in_axes=(0, 0, 0, None))(stacked, boxes, flip, out_size)
+
+  def cpu(stacked, boxes, flip):  # the kernel where it applies, chosen when lowering for CPU
+    out = _crop_kernel(stacked, boxes, flip, out_size)
+    return dense(stacked, boxes, flip) if out is None else out
+
+  if use_kernel and resample_kernel.kernel_applies(stacked):
+    out = jax.lax.platform_dependent(stacked, boxes, flip, cpu=cpu, default=dense)
+  else:
+    out = dense(stacked, boxes, flip)
   res, start = {}, 0
   for m, c in zip(names, sizes):
     res[m] = out[..., start:start + c]

@@ -16,6 +16,7 @@ import sys
 
 from absl import app, flags, logging
 
+from terrafm_jax import platforms
 from terrafm_jax.data import harmonize
 
 _DIR = flags.DEFINE_string("majortom_dir", None, "folder holding Core-S1RTC / Core-S2L1C / "
@@ -82,6 +83,7 @@ def options_from_flags():
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}", exitcode=2)
+  platforms.quiet_libtpu_without_tpu()
   opts = options_from_flags()
   if _MULTIHOST.value:
     import jax  # pylint: disable=g-import-not-at-top

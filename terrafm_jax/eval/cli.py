@@ -17,6 +17,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from terrafm_jax import platforms
 from terrafm_jax.eval import results as results_lib
 from terrafm_jax.eval import suite as suite_lib
 from terrafm_jax.eval import tasks as tasks_lib
@@ -99,6 +100,7 @@ def plan(cfg) -> list[tuple[tasks_lib.Task, str, str, str]]:
 
 def main(argv) -> int:
   del argv
+  platforms.quiet_libtpu_without_tpu()
   from terrafm_jax.eval import runner
   from terrafm_jax.eval import weights as weights_lib
   cfg = resolve_config()

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from terrafm_jax import platforms
 from terrafm_jax.data.contract import DEFAULT_CONTRACT
 from terrafm_jax.export import torch_export, torch_import
 from terrafm_jax.models.config import get_model_config
@@ -84,6 +85,7 @@ def _cmd_import(args) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+  platforms.quiet_libtpu_without_tpu()
   parser = argparse.ArgumentParser(prog="terrafm-export", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest="command", required=True)

@@ -70,16 +70,76 @@ def attention_core(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, scale: float)
   return _heads_major(_core(q, k, v, float(scale)))
 
 
-def attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, scale: float,
-              use_kernel: bool = True) -> jnp.ndarray:
-  """attention_core, or the same maths as one fused CPU kernel where that applies.
+IMPLS = ("auto", "core", "xla", "cudnn", "pallas")
 
-  The kernel (ops/attention_kernel.py) applies to float32 on the CPU backend. Under a mesh of more
-  than one device it runs per device (shard_map over the logical rules' batch and heads axes,
-  ops/per_device.py); where the rules don't split q evenly, XLA's form runs instead."""
-  if not (use_kernel and attention_kernel.kernel_applies(q, k, v)):
+
+def _cpu_attention(q, k, v, *, scale):
+  """The fused CPU kernel where it applies (float32; split per device under a mesh whose logical
+  rules divide batch and heads), else the core."""
+  if not attention_kernel.kernel_applies(q, k, v):
     return attention_core(q, k, v, scale)
   names = (axes.BATCH, axes.SEQ, axes.HEADS, None)
   out = per_device(lambda *qkv: attention_kernel.fused_attention(*qkv, float(scale)),
                    (q, k, v), (names,) * 3, names)
   return attention_core(q, k, v, scale) if out is None else out
+
+
+@functools.cache
+def cudnn_available() -> bool:
+  """cuDNN's fused attention can be traced here (a CUDA jaxlib with cuDNN on this host)."""
+  x = jax.ShapeDtypeStruct((1, 16, 1, 64), jnp.bfloat16)
+  try:
+    jax.eval_shape(lambda a: jax.nn.dot_product_attention(a, a, a, implementation="cudnn"), x)
+  except Exception:  # pylint: disable=broad-except  (RuntimeError "cuDNN is not detected", ...)
+    return False
+  return True
+
+
+def _gpu_attention(q, k, v, *, scale):
+  """cuDNN's fused attention in bf16 / fp16 where this host can emit it, else the core."""
+  if q.dtype in (jnp.bfloat16, jnp.float16) and cudnn_available():
+    return jax.nn.dot_product_attention(q, k, v, scale=scale, implementation="cudnn")
+  return attention_core(q, k, v, scale)
+
+
+def _xla_core(q, k, v, *, scale):
+  return attention_core(q, k, v, scale)
+
+
+def _pallas(q, k, v, *, scale):
+  """The Pallas kernel per device (a Mosaic call can't be partitioned by XLA), else the core."""
+  from terrafm_jax.models import attention_pallas  # pylint: disable=g-import-not-at-top
+  names = (axes.BATCH, axes.SEQ, axes.HEADS, None)
+  out = per_device(lambda *qkv: attention_pallas.pallas_attention(*qkv, scale), (q, k, v),
+                   (names,) * 3, names)
+  return attention_core(q, k, v, scale) if out is None else out
+
+
+def attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, scale: float,
+              impl: str = "auto") -> jnp.ndarray:
+  """softmax(q k^T * scale) v for (B, N, H, hd) inputs, by `impl` (model.attention_impl):
+
+  * "auto": chosen for the platform being compiled for, at lowering time
+    (`jax.lax.platform_dependent`; both branches are traced, only the target's is lowered):
+    CPU the fused kernel in float32 (ops/attention_kernel.py, per device under a mesh), GPU
+    cuDNN's fused attention in bf16 where this host's jaxlib has cuDNN, TPU and the rest the core
+    above (XLA fuses it well at ViT lengths; README "Accelerators");
+  * "core": the core above everywhere;
+  * "xla" / "cudnn": jax.nn.dot_product_attention with that implementation;
+  * "pallas": the Pallas TPU splash kernel with the sequence padded to its block on TPU
+    (models/attention_pallas.py), the core elsewhere.
+  """
+  scale = float(scale)
+  if impl == "auto":
+    return jax.lax.platform_dependent(
+        q, k, v, cpu=functools.partial(_cpu_attention, scale=scale),
+        cuda=functools.partial(_gpu_attention, scale=scale),
+        default=functools.partial(_xla_core, scale=scale))
+  if impl == "core":
+    return attention_core(q, k, v, scale)
+  if impl in ("xla", "cudnn"):
+    return jax.nn.dot_product_attention(q, k, v, scale=scale, implementation=impl)
+  if impl == "pallas":
+    return jax.lax.platform_dependent(q, k, v, tpu=functools.partial(_pallas, scale=scale),
+                                      default=functools.partial(_xla_core, scale=scale))
+  raise ValueError(f"attention impl {impl!r}: expected one of {', '.join(map(repr, IMPLS))}")

@@ -19,9 +19,10 @@ def get_model_config(variant: str = "B/16") -> ml_collections.ConfigDict:
   cfg.dtype = "float32"             # compute dtype: float32 | bfloat16
   cfg.param_dtype = "float32"
   cfg.remat = False                 # rematerialise each block in the backward pass
-  # ViT attention: "auto" (one fused CPU kernel, terrafm_jax/ops, when tracing for CPU in
-  # float32; the hand-written XLA core elsewhere), "core" (that XLA core everywhere),
-  # "xla" / "cudnn" (jax.nn.dot_product_attention with that implementation).
+  # ViT attention (models/attention.py): "auto" picks per platform when the step is lowered (CPU
+  # the fused float32 kernel of terrafm_jax/ops, GPU cuDNN in bf16, TPU and others the XLA
+  # core); "core" (that XLA core everywhere), "xla" / "cudnn" (jax.nn.dot_product_attention with
+  # that implementation), "pallas" (the Pallas TPU splash kernel on TPU, the core elsewhere).
   cfg.attention_impl = "auto"
   cfg.out_indices = variants.DEFAULT_OUT_INDICES[variants.size_name(variant)]
   cfg.head = ml_collections.ConfigDict(dict(

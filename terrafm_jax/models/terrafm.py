@@ -19,6 +19,7 @@ import numpy as np
 import ml_collections
 
 from terrafm_jax.data.contract import MODALITIES
+from terrafm_jax.models import attention as attention_lib
 from terrafm_jax.models import axes, variants
 from terrafm_jax.models.heads import DINOHead
 from terrafm_jax.models.layers import canonical_dtype, layer_norm, trunc_normal_02
@@ -140,7 +141,7 @@ class TerraFMDINO(nn.Module):
     return {"logits": self.head(out["cls"]), "cls": out["cls"]}
 
 
-ATTENTION_IMPLS = ("auto", "core", "xla", "cudnn")
+ATTENTION_IMPLS = attention_lib.IMPLS
 
 
 def build_encoder(cfg: ml_collections.ConfigDict, **overrides) -> TerraFMEncoder:

@@ -35,9 +35,8 @@ class Attention(nn.Module):
   num_heads: int
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
-  # "auto" (None): the hand-written core, its matmuls on the CPU kernel when tracing for CPU in
-  # float32; "core": the same core on XLA's dots everywhere; "xla" / "cudnn":
-  # jax.nn.dot_product_attention with that implementation.
+  # model.attention_impl (models/attention.py `attention`): "auto" (None) picks per platform at
+  # lowering time; "core", "xla", "cudnn", "pallas" force one form.
   attention_impl: str | None = None
 
   @nn.compact
@@ -50,12 +49,7 @@ class Attention(nn.Module):
                 name="qkv")(x)
     qkv = qkv.reshape(b, n, 3, self.num_heads, head_dim)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    impl = self.attention_impl or "auto"
-    if impl in ("auto", "core"):
-      out = attention(q, k, v, head_dim ** -0.5, use_kernel=impl == "auto")
-    else:  # e.g. "cudnn": jax.nn.dot_product_attention's fused kernel
-      out = jax.nn.dot_product_attention(q, k, v, scale=head_dim ** -0.5,
-                                         implementation=self.attention_impl)
+    out = attention(q, k, v, head_dim ** -0.5, impl=self.attention_impl or "auto")
     out = out.reshape(b, n, d)
     return dense(d, (axes.HEADS, axes.EMBED), dtype=self.dtype, param_dtype=self.param_dtype,
                  name="proj")(out)

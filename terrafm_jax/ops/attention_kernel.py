@@ -7,8 +7,10 @@ products and the softmax / dS arithmetic on each N x N block while it is in cach
 in the (B, N, H, D) layout they come in. `bench/attention_core.py` measures it against the XLA
 form; tests/ops checks values and gradients against it.
 
-`kernel_applies(...)` says whether the kernel can run: float32 operands, tracing for the CPU
-backend, and a library that builds here (ops/cpu_build.py; otherwise one warning and False).
+The kernel exists for the CPU platform only (ops/cpu_ffi.py): it is built and registered when
+XLA:CPU lowers it, and models/attention.py calls it from the `cpu` branch of
+`jax.lax.platform_dependent`, so TPU and GPU compiles never see it. Where it can't be built, the
+CPU lowering uses `_xla_forward` / `_xla_backward` below (the same maths on XLA's ops).
 The custom call is opaque to the SPMD partitioner: under a multi-device mesh call it per device
 (models/attention.py does, through ops/per_device.py).
 """
@@ -21,13 +23,32 @@ import jax.numpy as jnp
 import numpy as np
 
 from terrafm_jax.ops import cpu_build
+from terrafm_jax.ops import cpu_ffi
 
 FORWARD, BACKWARD = "terrafm_attention_fwd", "terrafm_attention_bwd"
 
 
+def _xla_forward(q, k, v, *, scale):
+  """(out (B, N, H, D), probs (B, H, N, N)) on XLA's ops: the CPU fallback."""
+  logits = jnp.einsum("bqhd,bkhd->bhqk", q * scale, k)
+  probs = jax.nn.softmax(logits, axis=-1)
+  return jnp.einsum("bhqk,bkhd->bqhd", probs, v), probs
+
+
+def _xla_backward(q, k, v, out, probs, d_out, *, scale):
+  """(dq, dk, dv) of the forward above, from its probabilities: the CPU fallback."""
+  dv = jnp.einsum("bhqk,bqhd->bkhd", probs, d_out)
+  dp = jnp.einsum("bqhd,bkhd->bhqk", d_out, v)
+  row = jnp.einsum("bqhd,bqhd->bhq", d_out, out)[..., None]
+  ds = probs * (dp - row)
+  return (jnp.einsum("bhqk,bkhd->bqhd", ds, k) * scale,
+          jnp.einsum("bhqk,bqhd->bkhd", ds, q * scale), dv)
+
+
 @functools.cache
 def kernel_available() -> bool:
-  """True once the kernel is built, loaded and registered with XLA:CPU; False (warned once) if not."""
+  """Build, load and register the kernel with XLA:CPU (at the first CPU lowering); False, warned
+  once, if it can't be built here."""
   if not cpu_build.register("attention", ((FORWARD, "TerrafmAttentionForward"),
                                           (BACKWARD, "TerrafmAttentionBackward"))):
     return False
@@ -35,17 +56,20 @@ def kernel_available() -> bool:
   return True
 
 
+_FORWARD_CALL = cpu_ffi.CpuFfiCall(FORWARD, kernel_available, _xla_forward)
+_BACKWARD_CALL = cpu_ffi.CpuFfiCall(BACKWARD, kernel_available, _xla_backward)
+
+
 def kernel_applies(*arrays: jax.Array) -> bool:
-  return cpu_build.cpu_float32(*arrays) and kernel_available()
+  """The kernel takes float32 only (whether it runs is decided when lowering for CPU)."""
+  return cpu_build.float32(*arrays)
 
 
 def _forward(q, k, v, scale):
   b, n, h, _ = q.shape
   shapes = (jax.ShapeDtypeStruct(q.shape, jnp.float32),
             jax.ShapeDtypeStruct((b, h, n, n), jnp.float32))
-  # sequential: each vmapped slice is its own call (the model never vmaps the core).
-  return jax.ffi.ffi_call(FORWARD, shapes, vmap_method="sequential")(
-      q, k, v, scale=np.float32(scale))
+  return _FORWARD_CALL(q, k, v, out_shapes=shapes, scale=np.float32(scale))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -62,8 +86,8 @@ def _fwd(q, k, v, scale):
 def _bwd(scale, res, d_out):
   q, k, v, out, probs = res
   shapes = tuple(jax.ShapeDtypeStruct(q.shape, jnp.float32) for _ in range(3))
-  return jax.ffi.ffi_call(BACKWARD, shapes, vmap_method="sequential")(
-      q, k, v, out, probs, d_out.astype(jnp.float32), scale=np.float32(scale))
+  return _BACKWARD_CALL(q, k, v, out, probs, d_out.astype(jnp.float32), out_shapes=shapes,
+                        scale=np.float32(scale))
 
 
 fused_attention.defvjp(_fwd, _bwd)

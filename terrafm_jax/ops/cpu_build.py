@@ -3,13 +3,16 @@
 A kernel is compiled once per machine with the system C++ compiler against the FFI headers that
 ship with jaxlib and OpenBLAS from the `scipy-openblas32` wheel, then cached under
 `$TERRAFM_KERNEL_CACHE` (default `$XDG_CACHE_HOME/terrafm_jax/kernels`, i.e. ~/.cache/...). The
-cache key hashes the source, the compiler command and the jaxlib / OpenBLAS versions, so an
-upgrade rebuilds. Concurrent processes (pytest workers, the hosts of a local multi-process run)
+cache key hashes the source, the compiler command and version, the C library (glibc) version and
+the jaxlib / OpenBLAS versions, so an upgrade of any of them rebuilds (a home folder shared by
+machines with different toolchains keeps one build per toolchain). Concurrent processes (pytest workers, the hosts of a local multi-process run)
 each write to a private temporary file and rename it into place, so no one loads a half-written
 library.
 
-Nothing here is needed off the CPU: callers ask `load(...)` only when tracing for the CPU backend,
-and fall back to XLA's own ops (with one warning) when no compiler or OpenBLAS is available.
+Nothing here runs off the CPU: `register` is called by the CPU lowering rule of the kernels'
+primitives (ops/cpu_ffi.py), so a TPU or GPU compile never starts the C++ compiler or imports
+OpenBLAS. Where no compiler or OpenBLAS is available the CPU lowering falls back to XLA's own ops
+(with one warning).
 """
 from __future__ import annotations
 
@@ -73,8 +76,19 @@ def _arch_flags() -> list[str]:
   return ["-march=x86-64-v3"] if {"avx2", "fma", "bmi2"} <= flags else []
 
 
-def _versions() -> str:
-  return ";".join(f"{p}={importlib.metadata.version(p)}" for p in ("jaxlib", "scipy-openblas32"))
+def _versions(compiler: str) -> str:
+  packages = ";".join(f"{p}={importlib.metadata.version(p)}" for p in ("jaxlib", "scipy-openblas32"))
+  return f"{packages};cc={_compiler_version(compiler)};libc={'-'.join(platform.libc_ver())}"
+
+
+@functools.cache
+def _compiler_version(compiler: str) -> str:
+  try:
+    done = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=False,
+                          timeout=60)
+  except (OSError, subprocess.TimeoutExpired) as e:
+    raise KernelBuildError(f"{compiler} --version failed: {e}") from e
+  return done.stdout.strip().splitlines()[0] if done.stdout.strip() else f"rc={done.returncode}"
 
 
 def _build(source: pathlib.Path, target: pathlib.Path) -> None:
@@ -100,7 +114,7 @@ def load(name: str) -> ctypes.CDLL:
   probe = _compile_command(source, pathlib.Path("OUT"))
   headers = b"".join(h.read_bytes() for h in sorted(_SOURCE_DIR.glob("*.h")))
   key = hashlib.sha256(source.read_bytes() + headers + repr(probe).encode()
-                       + _versions().encode()).hexdigest()
+                       + _versions(probe[0]).encode()).hexdigest()
   target = cache_dir() / f"{name}-{key[:16]}.so"
   if not target.exists():
     try:
@@ -113,15 +127,16 @@ def load(name: str) -> ctypes.CDLL:
     raise KernelBuildError(f"loading {target} failed: {e}") from e
 
 
-def cpu_float32(*arrays: jax.Array) -> bool:
-  """Tracing for the CPU backend with float32 arrays: where the kernels here can run."""
-  return jax.default_backend() == "cpu" and all(x.dtype == jnp.float32 for x in arrays)
+def float32(*arrays: jax.Array) -> bool:
+  """All float32: the only dtype the kernels here take (the platform is chosen at lowering)."""
+  return all(x.dtype == jnp.float32 for x in arrays)
 
 
 @functools.cache
 def register(name: str, targets: tuple[tuple[str, str], ...]) -> bool:
   """Build and load kernel `name`, register its (XLA target, exported symbol) handlers for the CPU
-  platform; True when done, False with one warning when the kernel can't be built here."""
+  platform; True when done, False with one warning when the kernel can't be built here. Called
+  while lowering for CPU (ops/cpu_ffi.py), never while tracing."""
   try:
     lib = load(name)
   except KernelBuildError as e:

@@ -74,9 +74,9 @@ def get_base_config(variant: str = "B/16") -> ml_collections.ConfigDict:
   # three stems and the fusion, then selects its path (same values).
   c.data.modality_groups = True
   c.data.group_block = 8
-  # Crop resize on the CPU backend: True = the FFI kernel that sums each output pixel's non-zero
-  # taps of jax.image's weights (terrafm_jax/ops/resample.cc); False = jax.image's dense form.
-  # Off the CPU the dense form always runs.
+  # Crop resize when the step is compiled for CPU: True = the FFI kernel that sums each output
+  # pixel's non-zero taps of jax.image's weights (terrafm_jax/ops/resample.cc); False =
+  # jax.image's dense form. A TPU / GPU compile always gets the dense form (chosen at lowering).
   c.data.crop_kernel = True
   c.data.worker_count = 4
   # Land-cover-stratified sampler (terrafm_jax.data.sampling.SamplingConfig; METHOD.md 5).

@@ -21,6 +21,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from terrafm_jax import platforms
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Training config file (configs/*.py[:arg]).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard events, metrics.jsonl.")
@@ -34,6 +36,10 @@ _VERBOSE = flags.DEFINE_bool("verbose", False,
                               "Full INFO log on the console (default: one progress line per log "
                               "interval; the full log is in <workdir>/train.log). Also "
                               "TERRAFM_VERBOSE=1.")
+_DRY_RUN = flags.DEFINE_string(
+    "dry_run", "", "Compile the step for this TPU topology (v5e:2x2, v4:2x2x4, v5e-64, ...) on this "
+    "host and report HBM per chip, FLOPs, collectives and the attention form; trains nothing "
+    "(train/dry_run.py). Exit code 4 if it does not fit.")
 _PID = flags.DEFINE_integer("process_id", int(os.environ.get("TERRAFM_PROCESS_ID", "-1")),
                             "This process' index (explicit multi-process).")
 
@@ -73,6 +79,9 @@ def main(argv) -> None:
   if not _WORKDIR.value:
     raise app.UsageError("--workdir is required")
   _quiet_library_logs()
+  platforms.quiet_libtpu_without_tpu()
+  if _DRY_RUN.value:
+    sys.exit(_dry_run(_DRY_RUN.value))
   _init_distributed()
   from terrafm_jax.train import console  # pylint: disable=g-import-not-at-top
   log_file = console.configure(_WORKDIR.value, _VERBOSE.value)
@@ -106,6 +115,21 @@ def main(argv) -> None:
     for name, r in rows:
       print(f"[terrafm]   {name:34s} random init {r['random_init']:.3f}  pretrained "
             f"{r['pretrained']:.3f}  margin {r['pretrained'] - r['random_init']:+.3f}", flush=True)
+
+
+def _dry_run(topology: str) -> int:
+  from terrafm_jax.train import default_config  # pylint: disable=g-import-not-at-top
+  from terrafm_jax.train import dry_run  # pylint: disable=g-import-not-at-top
+  try:
+    report = dry_run.run(_CONFIG.value, topology, _WORKDIR.value)
+  except dry_run.DoesNotFit as e:
+    print(f"[terrafm] {e}", file=sys.stderr)
+    return 4
+  except default_config.ConfigError as e:
+    print(f"[terrafm] ERROR: invalid configuration: {e}", file=sys.stderr)
+    return 2
+  print("\n".join(f"[terrafm] {line}" for line in report.lines()), flush=True)
+  return 0
 
 
 def run() -> None:

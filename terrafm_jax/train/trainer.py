@@ -20,18 +20,15 @@ import numpy as np
 from absl import logging
 
 from terrafm_jax.data.contract import InputContract
-from terrafm_jax.models import terrafm
+from terrafm_jax.train import assemble
 from terrafm_jax.train import checkpoint as ckpt_lib
 from terrafm_jax.train import console
 from terrafm_jax.train import data_source
 from terrafm_jax.train import default_config
 from terrafm_jax.train import metrics as metrics_lib
-from terrafm_jax.train import optim as optim_lib
 from terrafm_jax.train import report as report_lib
-from terrafm_jax.train import schedules as schedules_lib
 from terrafm_jax.train import sharding as sharding_lib
 from terrafm_jax.train import state as state_lib
-from terrafm_jax.train import step as step_lib
 from terrafm_jax.train import workdir as workdir_lib
 
 
@@ -88,10 +85,10 @@ def resolve_config(config: ml_collections.ConfigDict,
   return c
 
 
-def compiler_options(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
-  """The train step's XLA options: config.xla_cpu_options on the CPU backend, else none."""
+def compiler_options(config: ml_collections.ConfigDict, platform: str) -> dict[str, Any] | None:
+  """The train step's XLA options: config.xla_cpu_options when compiling for CPU, else none."""
   opts = dict(config.xla_cpu_options)
-  return opts if opts and jax.default_backend() == "cpu" else None
+  return opts if opts and platform == "cpu" else None
 
 
 def _check_landcover(config: ml_collections.ConfigDict, labelled_fraction: float) -> str:
@@ -153,19 +150,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   console.say(f"data: {data.description}; {num_examples} examples, global batch "
               f"{config.global_batch_size}, {total_steps} steps")
 
-  model = terrafm.build_dino(config.model)
-  scheds = schedules_lib.make_schedules(config)
-  param_init = state_lib.make_param_init_fn(model, config, n_batch_shards, contract.num_channels)
-  rng = jax.random.PRNGKey(config.seed)
-  abstract_params = sharding_lib.unbox(jax.eval_shape(param_init, rng))
-  tx = optim_lib.make_optimizer(config, abstract_params, scheds)
-  state_init = state_lib.make_state_init_fn(param_init, tx, config.model.head.out_dim)
-  shardings = state_lib.state_shardings(param_init, tx, rng, mesh, rules)
+  parts = assemble.build(config, contract, mesh)
+  param_init, state_init, shardings, rng = (parts.param_init, parts.state_init, parts.shardings,
+                                            parts.rng)
 
   manager = ckpt_lib.make_manager(workdir, config.checkpoint)
   latest = manager.latest_step()
   if latest is not None:
-    target = state_lib.abstract_state(state_init, shardings, rng)
+    target = parts.abstract_state()
     state = ckpt_lib.restore(manager, latest, target, data_iter, contract)
     logging.info("resumed from step %d", latest)
     console.say(f"resumed from the checkpoint of step {latest}")
@@ -182,8 +174,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     writer.write_hparams({k: v for k, v in _flat(config.to_dict()).items()})
   jsonl = workdir / "metrics.jsonl"
 
-  train_step = step_lib.make_train_step(model, tx, scheds, config, contract)
-  rep = sharding_lib.replicated(mesh)
   # config.stop_after_step: this run ends there (with a checkpoint); the schedules still span
   # total_steps.
   end_step = min(total_steps, config.stop_after_step) if config.stop_after_step > 0 else total_steps
@@ -195,11 +185,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if first_local is not None:
     first = sharding_lib.global_batch({k: first_local[k] for k in data_source.step_keys(config)}, mesh)
     batch_sh = {k: v.sharding for k, v in first.items()}
-    jitted = jax.jit(train_step, in_shardings=(shardings, batch_sh), out_shardings=(shardings, rep),
-                     donate_argnums=(0,))
+    jitted = assemble.jit_step(parts, batch_sh, mesh)
     t0 = time.time()
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-      compiled = jitted.lower(state, first).compile(compiler_options=compiler_options(config))
+      compiled = jitted.lower(state, first).compile(
+          compiler_options=compiler_options(config, mesh.devices.flat[0].platform))
     logging.info("train step compiled in %.1f s", time.time() - t0)
     mem = metrics_lib.log_memory_analysis(compiled)
     console.say(f"train step compiled in {time.time() - t0:.1f} s"
@@ -329,7 +319,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   result = {"final_step": step, "history": history, "memory": mem}
   if step >= total_steps and config.knn.enabled:
     from terrafm_jax.train import learning_check  # pylint: disable=g-import-not-at-top
-    result["knn"] = learning_check.run(config, str(workdir), model, state.teacher, param_init,
+    result["knn"] = learning_check.run(config, str(workdir), parts.model, state.teacher, param_init,
                                        mesh, rules, writer, step, contract=contract)
   final = transfer.final(state.teacher["encoder"]) if (
       transfer is not None and step >= total_steps) else None

@@ -101,7 +101,7 @@ def test_nan_propagates_to_its_sample_only():
 def test_model_path_uses_the_kernel_only_where_it_applies():
   q, k, v, _ = _qkv((2, 13, 4, 8), seed=3)
   assert _custom_calls(lambda *a: attention(*a, 0.35), q, k, v) == 1
-  assert _custom_calls(lambda *a: attention(*a, 0.35, use_kernel=False), q, k, v) == 0
+  assert _custom_calls(lambda *a: attention(*a, 0.35, impl="core"), q, k, v) == 0
   bf = [t.astype(jnp.bfloat16) for t in (q, k, v)]
   assert _custom_calls(lambda *a: attention(*a, 0.35), *bf) == 0  # float32 only
   np.testing.assert_allclose(jax.jit(lambda *a: attention(*a, 0.35))(q, k, v),

@@ -83,11 +83,12 @@ def test_cli_rejects_bad_override(cli):
 def test_xla_cpu_options_reach_the_cpu_compile_only_when_set():
   from terrafm_jax.train import trainer
   c = _load("terrafm_b").get_config()
-  assert trainer.compiler_options(c) is None  # default: XLA's own
+  assert trainer.compiler_options(c, "cpu") is None  # default: XLA's own
   c.xla_cpu_options = (("xla_cpu_experimental_ynn_fusion_type",
                         "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE"),)
-  assert trainer.compiler_options(c) == {  # the suite runs on the CPU backend
+  assert trainer.compiler_options(c, "cpu") == {  # chosen by the platform compiled for
       "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
+  assert trainer.compiler_options(c, "tpu") is None
 
 
 def test_cli_overrides_xla_cpu_options(cli):
