@@ -54,6 +54,8 @@ LONGEST_FIRST = (
     "tests/export/test_torch_parity.py::test_base_released_layout_parity_against_float64",
     "tests/data/test_modality_groups.py::test_grouped_patch_embedding_equals_masked_path",
     "tests/train/test_step_sharding_hlo.py::",
+    "tests/train/test_dry_run.py::",
+    "tests/train/test_bf16.py::",
     "tests/notebooks/",
 )
 

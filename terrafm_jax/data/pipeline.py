@@ -20,10 +20,10 @@ slice of the global batch (B = global_batch_size / process_count) as numpy array
   "label"          (B,) int32             dominant WorldCover class 0..10 (-1: no land cover input)
   "tile_index"     (B,) int64
 
-Crop + resize run on the device (device_crops.py). Global sample position k (batch k // G, slot
-k % G) is drawn by the stratified sampler from (seed, k) and planned from an RNG seeded by (seed, k),
-so the global batch sequence does not depend on process_count or worker_count, and the Grain
-iterator state (a position) restores it exactly.
+Crop + resize run on the device (train/device_crops.py). Global sample position k (batch k // G,
+slot k % G) is drawn by the stratified sampler from (seed, k) and planned from an RNG seeded by
+(seed, k), so the global batch sequence does not depend on process_count or worker_count, and the
+Grain iterator state (a position) restores it exactly.
 """
 from __future__ import annotations
 

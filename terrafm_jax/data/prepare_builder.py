@@ -7,7 +7,8 @@ import os
 import shutil
 from typing import Any
 
-from terrafm_jax.data.prepare_options import DATASET_NAME, VERSION, PrepareOptions, UnitJob
+from terrafm_jax.data.prepare_options import (DATASET_DESCRIPTION, DATASET_NAME, VERSION,
+                                              PrepareOptions, UnitJob)
 from terrafm_jax.data.prepare_outputs import merge_units, write_extras
 from terrafm_jax.data.prepare_records import features
 from terrafm_jax.data.prepare_runners import beam_unit_examples, run_local
@@ -17,7 +18,6 @@ from terrafm_jax.data.prepare_units import plan_units
 def _make_builder_classes():
   """Defined lazily so that importing this module does not import TFDS."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from terrafm_jax.data import prepare as prepare_doc  # pylint: disable=g-import-not-at-top
 
   @dataclasses.dataclass
   class MajorTomTilesConfig(tfds.core.BuilderConfig):
@@ -49,7 +49,7 @@ def _make_builder_classes():
 
     def _info(self):
       return tfds.core.DatasetInfo(
-          builder=self, description=prepare_doc.__doc__,
+          builder=self, description=DATASET_DESCRIPTION,
           features=features(self.builder_config.tile_size),
           homepage="https://huggingface.co/Major-TOM", disable_shuffling=True)
 

@@ -14,6 +14,16 @@ DATASET_NAME = "majortom_tiles"
 VERSION = "1.0.0"
 WATER_ONLY_THRESHOLD = 0.95
 MAX_REPORTED_ERRORS = 200
+# The TFDS `DatasetInfo.description` of a prepared dataset (dataset_info.json). Its own text, so the
+# builder does not import the CLI module prepare.py for its docstring (issue #24: no import circle).
+DATASET_DESCRIPTION = (
+    "Major-TOM Core-S1RTC / Core-S2L1C / Core-S2L2A (any subset) cut into co-registered tiles "
+    "by terrafm_jax.data.prepare (python -m terrafm_jax.data.prepare; layout in its docstring). "
+    "Records: `s1` (T,T,2) float16 dB with NaN nodata, `s2_l1c` / `s2_l2a` (T,T,12) uint16 "
+    "harmonised DN (all zeros if absent or unavailable), `available` (3,) bool, `wc_hist` (11,) "
+    "float32, `label` int32, `tile_index` int64, `grid_cell` text. Next to the TFDS files: "
+    "`index.parquet` (one row per record), `contract.json` (input contract), `band_stats.json`, "
+    "`prepare.json`, `report.json`.")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,7 +12,7 @@ the benchmarks use), so the encoder sees exactly what it was trained on:
     cell is fragmented, and the whole cell is the most robust sample for the data-driven rule.
   * S1: dB as read.
   * Nodata (S2 DN 0, S1 NaN) becomes 0 after normalisation (= the band mean), as in training
-    (`data/device_crops.normalize_tiles`, `data/pipeline` S1 fill).
+    (`train/device_crops.normalize_tiles`, `data/pipeline` S1 fill).
 
 Per fragment, a modality with no valid pixel in the window (all nodata), or with NaN pixels that
 are not the documented S1 nodata, is unavailable there: the rule prepare applies per tile

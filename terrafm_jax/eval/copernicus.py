@@ -29,7 +29,8 @@ import numpy as np
 import rasterio
 import rasterio.errors
 
-from terrafm_jax.eval.dataset import SPLITS, EvalDataError, EvalSplit, SourceGroup, check_label
+from terrafm_jax.eval.dataset import (SPLITS, EvalDataError, EvalSplit, SourceGroup, check_label,
+                                      resolve_root)
 
 S2_L1C_13 = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11",
              "B12")
@@ -106,23 +107,6 @@ def open_split(root: str, task: str, split: str, partition: str = "default") -> 
     from terrafm_jax.eval import copernicus_lcz  # h5py only where needed
     return copernicus_lcz.open_lcz(root, split)
   return TiffSplit(_SPECS[task], root, split)
-
-
-def resolve_root(root: str, split_file: str, folders: tuple[str, ...], task: str) -> str:
-  """The dataset folder: `root` itself if it holds a split file, else the one named child that
-  does. Decided by split files so that a wrong folder fails here, not at the first sample."""
-  def holds_splits(d: str) -> bool:
-    return any(os.path.isfile(os.path.join(d, split_file.format(s))) for s in SPLITS)
-  if holds_splits(root):
-    return root
-  found = [os.path.join(root, f) for f in folders if holds_splits(os.path.join(root, f))]
-  if len(found) > 1:
-    raise EvalDataError(f"{root}: ambiguous dataset folder for copernicus/{task}: {found}")
-  if not found:
-    names = split_file.format("{" + ",".join(SPLITS) + "}")
-    raise EvalDataError(f"{root}: no {names} of copernicus/{task} there nor in "
-                        f"{', '.join(os.path.join(root, f) for f in folders)}")
-  return found[0]
 
 
 def read_tiff(path: str, count: int, task: str) -> np.ndarray:

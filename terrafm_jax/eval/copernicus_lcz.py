@@ -13,8 +13,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from terrafm_jax.eval.copernicus import resolve_root
-from terrafm_jax.eval.dataset import EvalDataError, EvalSplit, SourceGroup, check_label
+from terrafm_jax.eval.dataset import (EvalDataError, EvalSplit, SourceGroup, check_label,
+                                      resolve_root)
 
 S2_LCZ_10 = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
 LCZ_CLASSES = ("Compact high rise", "Compact mid rise", "Compact low rise", "Open high rise",

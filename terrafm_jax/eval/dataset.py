@@ -16,6 +16,7 @@ the two is this module:
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Mapping
 
 import numpy as np
@@ -74,6 +75,25 @@ class EvalSplit:
             f"{self.kind}, {self.num_classes} classes; {groups}; from {self.root}")
 
 
+class Subset(EvalSplit):
+  """The samples `indices` of a split, in that order (a seeded subset for config.max_samples, a
+  shuffled epoch order for fine-tuning)."""
+
+  def __init__(self, base: EvalSplit, indices: np.ndarray, partition: str | None = None):
+    self._base = base
+    self._idx = np.asarray(indices)
+    for k in ("task", "split", "kind", "num_classes", "class_names", "inputs", "ignore_index",
+              "root"):
+      setattr(self, k, getattr(base, k, None))
+    self.partition = partition or base.partition
+
+  def __len__(self):
+    return len(self._idx)
+
+  def _load(self, i):
+    return self._base[int(self._idx[i])]
+
+
 def check_label(split: EvalSplit, label: Any, where: str) -> Any:
   """Validate one label against the split's kind and class count; EvalDataError naming `where`."""
   c = split.num_classes
@@ -98,3 +118,22 @@ def check_label(split: EvalSplit, label: Any, where: str) -> Any:
     raise EvalDataError(f"{where}: segmentation label values {int(valid.min())}..{int(valid.max())}"
                         f" out of range [0, {c}) for {split.task}")
   return v
+
+
+def resolve_root(root: str, split_file: str, folders: tuple[str, ...], task: str) -> str:
+  """The dataset folder: `root` itself if it holds a split file, else the one of the child
+  `folders` that does. `split_file` has one `{}` for the split name; `task` names the task in
+  errors. Decided by split files so that a wrong folder fails here, not at the first sample.
+  Shared by the readers (copernicus.py, copernicus_lcz.py)."""
+  def holds_splits(d: str) -> bool:
+    return any(os.path.isfile(os.path.join(d, split_file.format(s))) for s in SPLITS)
+  if holds_splits(root):
+    return root
+  found = [os.path.join(root, f) for f in folders if holds_splits(os.path.join(root, f))]
+  if len(found) > 1:
+    raise EvalDataError(f"{root}: ambiguous dataset folder for {task}: {found}")
+  if not found:
+    names = split_file.format("{" + ",".join(SPLITS) + "}")
+    raise EvalDataError(f"{root}: no {names} of {task} there nor in "
+                        f"{', '.join(os.path.join(root, f) for f in folders)}")
+  return found[0]

@@ -17,8 +17,8 @@ from terrafm_jax.eval import bands as bands_lib
 from terrafm_jax.eval import finetune as finetune_lib
 from terrafm_jax.eval import linear as linear_lib
 from terrafm_jax.eval import metrics as metrics_lib
+from terrafm_jax.eval.dataset import Subset
 from terrafm_jax.eval.features import input_size_for, model_batches
-from terrafm_jax.eval.runner import Subset
 
 
 def _resizer(size: int):

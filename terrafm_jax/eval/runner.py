@@ -21,32 +21,13 @@ from absl import logging
 from terrafm_jax.eval import features as features_lib
 from terrafm_jax.eval import knn as knn_lib
 from terrafm_jax.eval import metrics as metrics_lib
-from terrafm_jax.eval.dataset import EvalSplit
+from terrafm_jax.eval.dataset import EvalSplit, Subset
 from terrafm_jax.eval.results import Row, rgb_composite
 from terrafm_jax.eval.tasks import (CLASSIFICATION_PROTOCOLS, PROTOCOLS, SEGMENTATION_PROTOCOLS,
                                     Task)
 from terrafm_jax.eval.weights import Weights
 
 _FEATURES = {"knn": "cls", "linear": "cls", "seg_linear": "patch", "seg_upernet": "layers"}
-
-
-class Subset(EvalSplit):
-  """The samples `indices` of a split, in that order (a seeded subset for config.max_samples, a
-  shuffled epoch order for fine-tuning)."""
-
-  def __init__(self, base: EvalSplit, indices: np.ndarray, partition: str | None = None):
-    self._base = base
-    self._idx = np.asarray(indices)
-    for k in ("task", "split", "kind", "num_classes", "class_names", "inputs", "ignore_index",
-              "root"):
-      setattr(self, k, getattr(base, k, None))
-    self.partition = partition or base.partition
-
-  def __len__(self):
-    return len(self._idx)
-
-  def _load(self, i):
-    return self._base[int(self._idx[i])]
 
 
 def check_protocol(task: Task, protocol: str) -> None:

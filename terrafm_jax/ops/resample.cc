@@ -1,7 +1,7 @@
 // Separable resampling of crop boxes for XLA:CPU through the typed FFI (issue #9).
 //
 // The train step cuts every view out of its tile and resizes it with jax.image's antialiased
-// cubic filter (data/device_crops.py). jax.image contracts the whole tile with dense
+// cubic filter (train/device_crops.py). jax.image contracts the whole tile with dense
 // (tile x out) weight matrices: for a 224-px view of a 256-px tile that is ~0.66 GFLOP, of which
 // all but a few taps per output pixel multiply zeros. This kernel takes the same weight matrices
 // (computed by jax.image's own code) and sums, per output row and column, only the input rows

@@ -27,6 +27,7 @@ from absl import logging
 from etils import epath
 
 from terrafm_jax.data.contract import DEFAULT_CONTRACT, MODALITIES, InputContract
+from terrafm_jax.errors import ConfigError
 from terrafm_jax.train import workdir as workdir_lib
 
 # Keys the train step consumes (tile_index stays on the host).
@@ -56,7 +57,6 @@ def group_block(config: ml_collections.ConfigDict, device_count: int | None = No
   d = config.data
   if not d.modality_groups:
     return 0
-  from terrafm_jax.train.default_config import ConfigError  # pylint: disable=g-import-not-at-top
   if d.granularity != "sample":
     raise ConfigError("config.data.modality_groups=True needs config.data.granularity='sample' "
                       f"(got {d.granularity!r}); set modality_groups=False for per-batch draws")

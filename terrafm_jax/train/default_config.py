@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import ml_collections
 
-# `main` reports these as "invalid configuration" (exit code 2); data and runtime errors differ.
-class ConfigError(ValueError):
-  pass
-
-
+# `main` reports ConfigError as "invalid configuration" (exit code 2); it lives in
+# terrafm_jax/errors.py so that layers below train can raise it too (issue #24).
+from terrafm_jax.errors import ConfigError  # noqa: F401  (re-exported: default_config.ConfigError)
 from terrafm_jax.models import axes
 from terrafm_jax.models import config as model_config
 from terrafm_jax.models import variants

@@ -26,9 +26,9 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from terrafm_jax.data import device_crops
 from terrafm_jax.data.contract import DEFAULT_CONTRACT, MODALITIES, InputContract
 from terrafm_jax.eval import knn
+from terrafm_jax.train import device_crops
 from terrafm_jax.train import sharding as sharding_lib
 
 

@@ -19,7 +19,7 @@ import ml_collections
 
 from terrafm_jax.data.contract import MODALITIES, InputContract
 
-from terrafm_jax.data import device_crops
+from terrafm_jax.train import device_crops
 
 
 class Views(NamedTuple):

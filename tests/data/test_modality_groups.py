@@ -166,7 +166,7 @@ def test_grouped_patch_embedding_equals_masked_path():
 def test_group_block_must_divide_per_shard_batch():
   import importlib.util
   from terrafm_jax.train import data_source
-  from terrafm_jax.train.default_config import ConfigError
+  from terrafm_jax.errors import ConfigError
   spec = importlib.util.spec_from_file_location("smoke", "configs/smoke.py")
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)

@@ -173,7 +173,7 @@ def test_without_a_compiler_the_model_falls_back_to_xla(tmp_path):
   import textwrap
   code = textwrap.dedent("""
       import jax, jax.numpy as jnp
-      from terrafm_jax.data import device_crops
+      from terrafm_jax.train import device_crops
       from terrafm_jax.models.attention import attention
       q = jnp.ones((2, 5, 2, 4))
       hlo = jax.jit(lambda q: attention(q, q, q, 0.5)).lower(q).compile().as_text()

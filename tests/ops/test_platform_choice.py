@@ -12,7 +12,7 @@ import pytest
 jax = pytest.importorskip("jax")
 import jax.numpy as jnp  # noqa: E402
 
-from terrafm_jax.data import device_crops  # noqa: E402
+from terrafm_jax.train import device_crops  # noqa: E402
 from terrafm_jax.models import attention as attention_lib  # noqa: E402
 from terrafm_jax.ops import attention_kernel, resample_kernel  # noqa: E402
 

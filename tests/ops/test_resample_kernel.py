@@ -1,4 +1,4 @@
-"""The crop resampling kernel (terrafm_jax/ops/resample.cc) inside data/device_crops.crop_views,
+"""The crop resampling kernel (terrafm_jax/ops/resample.cc) inside train/device_crops.crop_views,
 against jax.image.scale_and_translate (the XLA form it replaces on CPU): the same values to float
 rounding for fractional boxes, shrinking (antialiased) and enlarging, flips and tile borders; tile
 pixels exactly for an integer box of the output size; each (sample, view) computed alone; a NaN
@@ -11,7 +11,7 @@ import pytest
 jax = pytest.importorskip("jax")
 import jax.numpy as jnp  # noqa: E402
 
-from terrafm_jax.data import device_crops  # noqa: E402
+from terrafm_jax.train import device_crops  # noqa: E402
 from terrafm_jax.ops import resample_kernel  # noqa: E402
 
 

@@ -2,7 +2,7 @@
 models/attention.py): with the mesh and logical rules in scope it runs per device inside
 shard_map, moves no activations between devices and gives the same bits as one device (each
 (sample, head) pair is computed alone); jitted on sharded arrays with no mesh in scope, it is
-still correct. The crop resampling (data/device_crops.py): per device, no gathers, the same
+still correct. The crop resampling (train/device_crops.py): per device, no gathers, the same
 values as one device."""
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ report = {
                          zip(jax.tree.leaves(no_mesh), jax.tree.leaves(single))),
 }
 
-from terrafm_jax.data import device_crops
+from terrafm_jax.train import device_crops
 tiles = {"s2_l1c": jax.random.normal(keys[0], (16, 40, 40, 3))}
 boxes = jnp.tile(jnp.array([2.5, 4.0, 30.0, 27.0]), (16, 3, 1)) + jnp.arange(3.0)[:, None]
 flip = jnp.tile(jnp.array([True, False, True]), (16, 1))

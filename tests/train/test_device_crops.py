@@ -3,7 +3,7 @@ import jax
 import numpy as np
 
 from terrafm_jax.data import contract as contract_lib
-from terrafm_jax.data import device_crops
+from terrafm_jax.train import device_crops
 
 crop = jax.jit(device_crops.crop_views, static_argnums=(3,))
 

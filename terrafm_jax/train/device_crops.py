@@ -1,6 +1,6 @@
 """Device-side normalisation and multi-crop (DESIGN.md decision 5), pure jax.numpy, jit-able.
 
-The host ships whole tiles plus a crop plan (pipeline.py); inside the jitted train step:
+The host ships whole tiles plus a crop plan (data/pipeline.py); inside the jitted train step:
 
     tiles = normalize_tiles(batch, contract)                           # {m: (B, T, T, C) f32}
     globals_ = crop_views(tiles, batch["boxes"][:, :2], batch["flip"][:, :2], 224)
