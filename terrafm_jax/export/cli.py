@@ -4,15 +4,21 @@
   terrafm-export released --random-init --variant B/16 --out /tmp/random_b.safetensors
   terrafm-export bundle   --workdir WORKDIR [--step N] --out bundle.safetensors
   terrafm-export import   --weights terrafm_b.pth --out terrafm_b.msgpack
+  terrafm-export onnx     --weights terrafm_b.pth | --workdir WORKDIR [--step N]
+                          | --random-init --variant B/16   [--img-size 224] --out DIR
 
 `released` writes exactly the keys of the published `terrafm.py` (strict=True loadable) plus
 `<name>.contract.json` (bands, order, units, normalisation); `bundle` writes the student and teacher
 with fusion and DINO heads for continued pretraining; `import` converts released weights into a
-Flax params file (flax.serialization msgpack) after a strict key and shape check.
+Flax params file (flax.serialization msgpack) after a strict key and shape check; `onnx` writes
+DIR/{s1,s2_l1c,s2_l2a}.onnx (raw units in, normalised inside the graph; dynamic batch, fixed size)
+with DIR/terrafm.contract.json (and DIR/terrafm.safetensors when the weights came from a workdir
+or a random init). `released` and `onnx` also write MODEL_CARD.md beside the export.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -22,8 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from terrafm_jax import platforms
-from terrafm_jax.data.contract import DEFAULT_CONTRACT
-from terrafm_jax.export import torch_export, torch_import
+from terrafm_jax.data.contract import DEFAULT_CONTRACT, MODALITIES, InputContract
+from terrafm_jax.export import model_card, torch_export, torch_import
 from terrafm_jax.models.config import get_model_config
 from terrafm_jax.models.terrafm import build_encoder
 
@@ -38,6 +44,33 @@ def _run_contract(workdir: str, step: int | None):
   """The input contract the run trained with (saved in its checkpoint), for the export."""
   from terrafm_jax.train import checkpoint  # the trainer's checkpoint layout
   return checkpoint.restore_contract(os.path.join(workdir, "checkpoints"), step)
+
+
+def _run_config(workdir: str, step: int | None) -> tuple[dict | None, int | None]:
+  """(the run's saved config, the step it belongs to); (None, step) when the checkpoint has none."""
+  from terrafm_jax.train import checkpoint  # the trainer's checkpoint layout
+  try:
+    return checkpoint.restore_config(os.path.join(workdir, "checkpoints"), step)
+  except (ValueError, FileNotFoundError, KeyError):
+    return None, step
+
+
+def _card(out_dir: str, variant: str, img_size: int, contract, contract_path: str,
+          weights_path: str, args, **kw) -> str:
+  """MODEL_CARD.md for an export from args.workdir, args.weights or a random init."""
+  workdir = getattr(args, "workdir", None)
+  if workdir:
+    config, step = _run_config(workdir, args.step)
+    source = "training workdir (teacher encoder)"
+  else:
+    config, step = None, None
+    source = (f"released-layout weights file `{os.path.abspath(args.weights)}`"
+              if getattr(args, "weights", None) else
+              f"random initialisation (seed {args.seed}), a baseline, not a trained model")
+  return model_card.write_model_card(
+      out_dir, variant=variant, img_size=img_size, contract=contract,
+      contract_path=contract_path, weights_path=weights_path, source=source, step=step,
+      config=config, workdir=workdir, **kw)
 
 
 def _host(tree):
@@ -60,8 +93,55 @@ def _cmd_released(args) -> list[str]:
   sd = torch_export.encoder_state_dict(params)
   variant, img_size = torch_import.infer_variant(sd)
   contract = DEFAULT_CONTRACT if args.random_init else _run_contract(args.workdir, args.step)
-  return [torch_export.save_state_dict(sd, args.out),
-          torch_export.write_contract(args.out, variant, img_size, contract)]
+  written = [torch_export.save_state_dict(sd, args.out),
+             torch_export.write_contract(args.out, variant, img_size, contract)]
+  out_dir = os.path.dirname(os.path.abspath(args.out))
+  return written + [_card(out_dir, variant, img_size, contract, written[1], written[0], args)]
+
+
+def _cmd_onnx(args) -> list[str]:
+  from terrafm_jax.export import onnx_export  # needs torch + onnx + onnxscript
+  written, notes = [], []
+  weights = os.path.join(args.out, "terrafm.safetensors")
+  if args.weights:
+    sd = torch_import.load_state_dict_file(args.weights)
+    weights = args.weights
+    beside = torch_export.contract_path_for(args.weights)
+    if os.path.exists(beside):
+      with open(beside, encoding="utf-8") as f:
+        meta = json.load(f)
+      contract = InputContract.from_dict(meta.get("contract", meta), where=beside)
+      notes.append(f"input contract from `{os.path.abspath(beside)}`")
+    else:
+      contract = DEFAULT_CONTRACT
+      notes.append("the weights file had no contract JSON beside it: the built-in contract "
+                   "(DATA.md 6) is assumed")
+      print(f"terrafm-export: warning: no {beside}; using the built-in input contract",
+            file=sys.stderr)
+  else:
+    if args.random_init:
+      params = _host(_random_encoder(args.variant or "B/16", args.img_size, args.seed))
+      contract = DEFAULT_CONTRACT
+    else:
+      params = _host(_restore_teacher(args.workdir, args.step)["encoder"])
+      contract = _run_contract(args.workdir, args.step)
+    sd = torch_export.encoder_state_dict(params)
+    written.append(torch_export.save_state_dict(sd, weights))
+  paths, variant, native = onnx_export.export_all(
+      sd, contract, args.out, img_size=args.img_size,
+      variant=args.variant if args.weights else None,
+      where=args.weights or "encoder")
+  contract_path = torch_export.write_contract(
+      os.path.join(args.out, "terrafm.onnx"), variant, native, contract,
+      extra={"onnx": {"files": {m: f"{m}.onnx" for m in MODALITIES}, "img_size": args.img_size,
+                      "input": {"name": onnx_export.INPUT_NAME, "layout": "NCHW float32",
+                                "units": onnx_export.INPUT_UNITS,
+                                "normalisation": "inside the graph (contract mean/std; S2 DN 0 "
+                                                 "-> 0)"},
+                      "outputs": list(onnx_export.OUTPUT_NAMES)}})
+  written += paths + [contract_path]
+  return written + [_card(args.out, variant, native, contract, contract_path, weights, args,
+                          onnx_paths=paths, onnx_img_size=args.img_size, notes=notes)]
 
 
 def _cmd_bundle(args) -> list[str]:
@@ -108,11 +188,23 @@ def main(argv: list[str] | None = None) -> int:
   imp.add_argument("--weights", required=True)
   imp.add_argument("--variant", default=None, help="expected variant (default: inferred)")
   imp.add_argument("--out", required=True)
+  onx = sub.add_parser("onnx", help="one ONNX graph per modality (raw units in) + contract + card")
+  src = onx.add_mutually_exclusive_group(required=True)
+  src.add_argument("--weights", help="released-layout .pth/.safetensors (contract JSON beside it)")
+  src.add_argument("--workdir", help="training workdir (reads <workdir>/checkpoints)")
+  src.add_argument("--random-init", action="store_true", help="export a freshly initialised model")
+  onx.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  onx.add_argument("--variant", default=None,
+                   help="random init: the variant (default B/16); --weights: the expected one")
+  onx.add_argument("--img-size", type=int, default=224,
+                   help="the graphs' fixed input size (and the random init's size)")
+  onx.add_argument("--seed", type=int, default=0)
+  onx.add_argument("--out", required=True, help="output folder")
   args = parser.parse_args(argv)
   try:
-    written = {"released": _cmd_released, "bundle": _cmd_bundle, "import": _cmd_import}[
-        args.command](args)
-  except (ValueError, FileNotFoundError) as e:
+    written = {"released": _cmd_released, "bundle": _cmd_bundle, "import": _cmd_import,
+               "onnx": _cmd_onnx}[args.command](args)
+  except (ValueError, FileNotFoundError, ImportError) as e:
     print(f"terrafm-export: error: {e}", file=sys.stderr)
     return 1
   for path in written:

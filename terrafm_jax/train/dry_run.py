@@ -109,8 +109,10 @@ def topology_devices(name: str) -> tuple[str, list[Any]]:
   # A compile-only use of libtpu: another process (a test worker, a trainer) may hold its lock.
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+  # v4 and v5p chips have two TensorCores that JAX runs as one device ("megacore"), as on a pod.
+  options = {"chip_config_name": "megacore"} if topology.split(":")[0] in ("v4", "v5p") else {}
   try:
-    desc = topologies.get_topology_desc(topology_name=topology, platform="tpu")
+    desc = topologies.get_topology_desc(topology_name=topology, platform="tpu", **options)
   except Exception as e:  # pylint: disable=broad-except  (libtpu missing, unknown topology)
     raise RuntimeError(f"--dry_run={name!r}: no TPU compiler for topology {topology!r} ({e}); "
                        "install the TPU extra: pip install -e '.[tpu]'") from e
