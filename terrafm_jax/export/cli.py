@@ -5,7 +5,7 @@
   terrafm-export bundle   --workdir WORKDIR [--step N] --out bundle.safetensors
   terrafm-export import   --weights terrafm_b.pth --out terrafm_b.msgpack
   terrafm-export onnx     --weights terrafm_b.pth | --workdir WORKDIR [--step N]
-                          | --random-init --variant B/16   [--img-size 224] --out DIR
+                          | --random-init --variant B/16   [--img-size 224] [--pt2] --out DIR
 
 `released` writes exactly the keys of the published `terrafm.py` (strict=True loadable) plus
 `<name>.contract.json` (bands, order, units, normalisation); `bundle` writes the student and teacher
@@ -13,7 +13,8 @@ with fusion and DINO heads for continued pretraining; `import` converts released
 Flax params file (flax.serialization msgpack) after a strict key and shape check; `onnx` writes
 DIR/{s1,s2_l1c,s2_l2a}.onnx (raw units in, normalised inside the graph; dynamic batch, fixed size)
 with DIR/terrafm.contract.json (and DIR/terrafm.safetensors when the weights came from a workdir
-or a random init). `released` and `onnx` also write MODEL_CARD.md beside the export.
+or a random init); with --pt2 also DIR/<modality>.pt2, the same graphs as torch.export programs.
+`released` and `onnx` also write MODEL_CARD.md beside the export.
 """
 from __future__ import annotations
 
@@ -140,6 +141,10 @@ def _cmd_onnx(args) -> list[str]:
                                                  "-> 0)"},
                       "outputs": list(onnx_export.OUTPUT_NAMES)}})
   written += paths + [contract_path]
+  if args.pt2:  # the same modules as torch.export programs (export/torch_program.py)
+    from terrafm_jax.export import torch_program  # pylint: disable=g-import-not-at-top
+    model, _, _ = onnx_export.torch_encoder(sd, variant=variant, where=args.weights or "encoder")
+    written += torch_program.export_all(model, contract, args.out, img_size=args.img_size)
   return written + [_card(args.out, variant, native, contract, contract_path, weights, args,
                           onnx_paths=paths, onnx_img_size=args.img_size, notes=notes)]
 
@@ -199,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
   onx.add_argument("--img-size", type=int, default=224,
                    help="the graphs' fixed input size (and the random init's size)")
   onx.add_argument("--seed", type=int, default=0)
+  onx.add_argument("--pt2", action="store_true",
+                   help="also write DIR/<modality>.pt2: the same graphs as torch.export programs")
   onx.add_argument("--out", required=True, help="output folder")
   args = parser.parse_args(argv)
   try:

@@ -88,7 +88,7 @@ def torch_encoder(state_dict: Mapping[str, Any], *, variant: str | None = None,
   return model.eval(), variant, img_size
 
 
-def _module(model, modality: str, contract: InputContract, img_size: int):
+def raw_units_module(model, modality: str, contract: InputContract, img_size: int):
   """The exported nn.Module: raw units -> normalised -> one stem -> encoder -> (cls, tokens)."""
   torch = _torch()
   nn = torch.nn
@@ -125,7 +125,7 @@ def _module(model, modality: str, contract: InputContract, img_size: int):
 
 
 @contextlib.contextmanager
-def _quiet_exporter():
+def quiet_exporter():
   """The exporter logs a warning per missing torchvision op and torch.export a FutureWarning about
   its own pytree internals, on every export; neither concerns this graph."""
   log = logging.getLogger("torch.onnx._internal.exporter._registration")
@@ -148,11 +148,11 @@ def export_modality(model, modality: str, contract: InputContract, path: str, *,
   _require_onnx()
   torch = _torch()
   import onnx
-  module = _module(model, modality, contract, img_size)
+  module = raw_units_module(model, modality, contract, img_size)
   example = torch.zeros(2, contract[modality].num_channels, img_size, img_size)
   batch = torch.export.Dim("batch", min=1)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with torch.no_grad(), _quiet_exporter():
+  with torch.no_grad(), quiet_exporter():
     program = torch.onnx.export(module, (example,), dynamo=True, input_names=[INPUT_NAME],
                                 output_names=list(OUTPUT_NAMES),
                                 dynamic_shapes={INPUT_NAME: {0: batch}}, optimize=True,

@@ -56,7 +56,8 @@ def exported(encoder, tmp_path_factory):
   root = tmp_path_factory.mktemp("onnx")
   weights = torch_export.export_released(params, VARIANT, SIZE, str(root / "mu.safetensors"))[0]
   out = root / "export"
-  assert cli.main(["onnx", "--weights", weights, "--img-size", str(SIZE), "--out", str(out)]) == 0
+  assert cli.main(["onnx", "--weights", weights, "--img-size", str(SIZE), "--pt2",
+                   "--out", str(out)]) == 0
   return str(out), weights
 
 
@@ -124,6 +125,27 @@ def test_onnx_matches_jax_on_real_scenes(exported, encoder, scenes):
     one = sess.run(["cls"], {"pixels": x[2:3]})[0]
     np.testing.assert_allclose(one, cls[2:3], atol=1e-5)
   print(f"ONNX vs JAX max |diff| on real scenes: {report}")
+  assert max(report.values()) <= TOL, report
+
+
+def test_torch_export_programs_match_jax_on_real_scenes(exported, encoder, scenes):
+  """The .pt2 programs (torch.export) of the same folder: the same parity gate as the graphs."""
+  import torch
+  forward, params = encoder
+  out_dir, _ = exported
+  with open(os.path.join(out_dir, "terrafm.contract.json"), encoding="utf-8") as f:
+    contract = InputContract.from_dict(json.load(f)["contract"])
+  report = {}
+  for mod in MODALITIES:
+    program = torch.export.load(os.path.join(out_dir, f"{mod}.pt2")).module()
+    with torch.no_grad():
+      cls, tokens = (t.numpy() for t in program(torch.from_numpy(scenes[mod])))
+    ref_cls, ref_tokens = _jax_reference(forward, params, contract, mod, scenes[mod])
+    report[mod] = max(float(np.abs(cls - ref_cls).max()), float(np.abs(tokens - ref_tokens).max()))
+    with torch.no_grad():  # dynamic batch
+      one = program(torch.from_numpy(scenes[mod][2:3]))[0].numpy()
+    np.testing.assert_allclose(one, cls[2:3], atol=1e-5)
+  print(f"torch.export vs JAX max |diff| on real scenes: {report}")
   assert max(report.values()) <= TOL, report
 
 
