@@ -14,7 +14,7 @@ Flax params file (flax.serialization msgpack) after a strict key and shape check
 DIR/{s1,s2_l1c,s2_l2a}.onnx (raw units in, normalised inside the graph; dynamic batch, fixed size)
 with DIR/terrafm.contract.json (and DIR/terrafm.safetensors when the weights came from a workdir
 or a random init); with --pt2 also DIR/<modality>.pt2, the same graphs as torch.export programs.
-`released` and `onnx` also write MODEL_CARD.md beside the export.
+`released` and `onnx` also write MODEL_CARD.md beside the export (docs/MODEL_CARD.md says what it holds).
 """
 from __future__ import annotations
 

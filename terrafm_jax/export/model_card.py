@@ -1,4 +1,5 @@
-"""MODEL_CARD.md beside every export: what the weights expect, where they came from, how to run them.
+"""MODEL_CARD.md beside every export: what the weights expect, where they came from, how to run them
+(its sections: docs/MODEL_CARD.md).
 
 Exported weights leave this repository (issue #25), and the contract JSON alone does not tell a
 reader which file is which, how well the model did, or how to call it. The card is written from

@@ -104,26 +104,34 @@ def _jax_reference(forward, params, contract, mod, x_nchw):
   return np.asarray(out["cls"]), np.asarray(out["patch_tokens"])
 
 
-def test_onnx_matches_jax_on_real_scenes(exported, encoder, scenes):
+def _parity(exported, encoder, scenes, run) -> dict[str, float]:
+  """Max |diff| per modality of `run(mod, x) -> (cls, tokens)` against the JAX encoder on the real
+  scenes; also checks that one image alone gives the same CLS row (the batch axis is dynamic)."""
   forward, params = encoder
   out_dir, _ = exported
   with open(os.path.join(out_dir, "terrafm.contract.json"), encoding="utf-8") as f:
     contract = InputContract.from_dict(json.load(f)["contract"])
   report = {}
   for mod in MODALITIES:
-    sess = _session(os.path.join(out_dir, f"{mod}.onnx"))
-    assert [i.name for i in sess.get_inputs()] == ["pixels"]
-    assert [o.name for o in sess.get_outputs()] == ["cls", "patch_tokens"]
-    assert sess.get_modelmeta().custom_metadata_map["terrafm.modality"] == mod
     x = scenes[mod]
-    cls, tokens = sess.run(["cls", "patch_tokens"], {"pixels": x})
+    cls, tokens = run(mod, x)
     ref_cls, ref_tokens = _jax_reference(forward, params, contract, mod, x)
     assert cls.shape == ref_cls.shape == (5, 64)
     assert tokens.shape == ref_tokens.shape == (5, (SIZE // 8) ** 2, 64)
     report[mod] = max(float(np.abs(cls - ref_cls).max()), float(np.abs(tokens - ref_tokens).max()))
-    # The batch axis is dynamic: one image gives the same rows.
-    one = sess.run(["cls"], {"pixels": x[2:3]})[0]
-    np.testing.assert_allclose(one, cls[2:3], atol=1e-5)
+    np.testing.assert_allclose(run(mod, x[2:3])[0], cls[2:3], atol=1e-5)
+  return report
+
+
+def test_onnx_matches_jax_on_real_scenes(exported, encoder, scenes):
+  out_dir, _ = exported
+  sessions = {mod: _session(os.path.join(out_dir, f"{mod}.onnx")) for mod in MODALITIES}
+  for mod, sess in sessions.items():
+    assert [i.name for i in sess.get_inputs()] == ["pixels"]
+    assert [o.name for o in sess.get_outputs()] == ["cls", "patch_tokens"]
+    assert sess.get_modelmeta().custom_metadata_map["terrafm.modality"] == mod
+  report = _parity(exported, encoder, scenes,
+                   lambda mod, x: sessions[mod].run(["cls", "patch_tokens"], {"pixels": x}))
   print(f"ONNX vs JAX max |diff| on real scenes: {report}")
   assert max(report.values()) <= TOL, report
 
@@ -131,20 +139,15 @@ def test_onnx_matches_jax_on_real_scenes(exported, encoder, scenes):
 def test_torch_export_programs_match_jax_on_real_scenes(exported, encoder, scenes):
   """The .pt2 programs (torch.export) of the same folder: the same parity gate as the graphs."""
   import torch
-  forward, params = encoder
   out_dir, _ = exported
-  with open(os.path.join(out_dir, "terrafm.contract.json"), encoding="utf-8") as f:
-    contract = InputContract.from_dict(json.load(f)["contract"])
-  report = {}
-  for mod in MODALITIES:
-    program = torch.export.load(os.path.join(out_dir, f"{mod}.pt2")).module()
+  programs = {mod: torch.export.load(os.path.join(out_dir, f"{mod}.pt2")).module()
+              for mod in MODALITIES}
+
+  def run(mod, x):
     with torch.no_grad():
-      cls, tokens = (t.numpy() for t in program(torch.from_numpy(scenes[mod])))
-    ref_cls, ref_tokens = _jax_reference(forward, params, contract, mod, scenes[mod])
-    report[mod] = max(float(np.abs(cls - ref_cls).max()), float(np.abs(tokens - ref_tokens).max()))
-    with torch.no_grad():  # dynamic batch
-      one = program(torch.from_numpy(scenes[mod][2:3]))[0].numpy()
-    np.testing.assert_allclose(one, cls[2:3], atol=1e-5)
+      return tuple(t.numpy() for t in programs[mod](torch.from_numpy(x)))
+
+  report = _parity(exported, encoder, scenes, run)
   print(f"torch.export vs JAX max |diff| on real scenes: {report}")
   assert max(report.values()) <= TOL, report
 
