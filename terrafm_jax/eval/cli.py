@@ -5,6 +5,9 @@
   python -m terrafm_jax.eval --config=configs/eval.py:paper --weights=terrafm_b.pth \
       --config.data_roots.geobench=$GEO_BENCH_DIR --config.data_roots.copernicus=/data/cobench
   python -m terrafm_jax.eval --config=configs/eval.py:eosamples --weights=random:Mu/8
+  python -m terrafm_jax.eval --config=configs/eval.py:products \
+      --config.products.sources=ours=embeddings/terrafm,theirs=embeddings/ssl4eo \
+      --config.products.labels=labels.csv --config.products.join=grid_cell
 
 Prints the results table (for suites also the paper's tables with the published TerraFM-B numbers
 beside ours) and writes results.json and PNGs into --out_dir. Exit code 2 for a bad flag or config,
@@ -54,6 +57,8 @@ def resolve_config():
                     (_MAX, "max_samples")):
     if flag.value is not None:
       cfg[key] = flag.value
+  if cfg.products.sources:
+    return cfg
   if not cfg.weights:
     raise UsageError("--weights is required: a workdir, a .pth/.safetensors file or "
                      "random:<variant>")
@@ -98,12 +103,47 @@ def plan(cfg) -> list[tuple[tasks_lib.Task, str, str, str]]:
   return out
 
 
+def run_products(cfg) -> int:
+  """Embedding products (Major-TOM parquet) as features, joined to cfg.products.labels."""
+  from terrafm_jax.eval import product_probes
+  from terrafm_jax.eval import products as products_lib
+  pc = cfg.products
+  if not pc.labels:
+    raise UsageError("--config.products.labels is required with --config.products.sources")
+  if pc.join not in products_lib.JOINS:
+    raise UsageError(f"--config.products.join must be one of {products_lib.JOINS}, got "
+                     f"{pc.join!r}")
+  protocols = tuple(cfg.protocols) or product_probes.PROTOCOLS
+  bad = [p for p in protocols if p not in product_probes.PROTOCOLS]
+  if bad:
+    raise UsageError(f"embedding products take the protocols {product_probes.PROTOCOLS}, "
+                     f"not {bad}")
+  try:
+    sources = products_lib.parse_sources(pc.sources)
+  except ValueError as e:
+    raise UsageError(f"--config.products.sources: {e}") from e
+  settings = product_probes.ProbeSettings(
+      ks=tuple(int(k) for k in pc.ks), temperature=cfg.knn.temperature, folds=pc.folds,
+      lrs=tuple(cfg.linear.lrs), epochs=cfg.linear.epochs, batch_size=cfg.linear.batch_size,
+      weight_decay=cfg.linear.weight_decay, num_bootstrap=pc.num_bootstrap, seed=cfg.seed)
+  rows, summary = product_probes.evaluate(sources, pc.labels, join=pc.join,
+                                          label_column=pc.label_column, protocols=protocols,
+                                          settings=settings)
+  print(product_probes.format_summary(rows, summary))
+  paths = results_lib.write(rows, cfg.out_dir) if cfg.plots else None
+  if paths:
+    print(f"wrote {paths['json']} and {len(paths['plots'])} plot(s)")
+  return 0
+
+
 def main(argv) -> int:
   del argv
   platforms.quiet_libtpu_without_tpu()
   from terrafm_jax.eval import runner
   from terrafm_jax.eval import weights as weights_lib
   cfg = resolve_config()
+  if cfg.products.sources:
+    return run_products(cfg)
   todo = plan(cfg)
   if not todo:
     raise UsageError("nothing to run: no task has a data folder")

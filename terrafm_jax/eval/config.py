@@ -5,6 +5,8 @@
            --config.data_roots.geobench=$GEO_BENCH_DIR --config.data_roots.copernicus=/data/cobench
   eosamples the real-pixel sanity check on ../shared/eo_samples (k-NN and linear probe, 3 stems)
   tiny     the protocols shrunk for CPU tests and the in-loop evaluation of the smoke run
+  products embedding products (Major-TOM-schema parquet, eval/products.py) joined to a label file:
+           --config.products.sources=ours=emb_a/,theirs=emb_b/ --config.products.labels=l.csv
 
 Protocol hyper-parameters follow METHOD.md 7 (Galileo / Copernicus-Bench): k-NN k = 20, T = 0.07;
 fine-tuning AdamW, 10 % warm-up, cosine, lr sweep on validation; frozen-encoder heads 50 epochs.
@@ -41,6 +43,14 @@ def get_eval_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # Copernicus-Bench's auxiliary FCN head on the 1x pyramid level (0: none)
       upernet_aux_loss_weight=0.4, upernet_aux_channels=256, weight_decay=1e-4))
   c.plots = True
+  # Embedding products as features (eval/products.py, eval/product_probes.py): when `sources` is
+  # set, the CLI scores them instead of tasks and no --weights is needed.
+  c.products = ml_collections.ConfigDict(dict(
+      sources="",            # "name=path,name=path": parquet file, folder or glob per product
+      labels="",             # label file: csv / parquet / geojson / gpkg with a `label_column`
+      join="grid_cell",      # grid_cell | geometry (points or polygons; csv: lon, lat)
+      label_column="label",
+      ks=(20, 5), folds=5, num_bootstrap=2000))
 
   if arg == "paper":
     c.tasks = tuple(n for n in tasks_lib.TASKS if not n.startswith("eosamples/"))
@@ -48,6 +58,8 @@ def get_eval_config(arg: str | None = None) -> ml_collections.ConfigDict:
   elif arg == "eosamples":
     c.tasks = tuple(n for n in tasks_lib.TASKS if n.startswith("eosamples/"))
     c.linear.epochs = 100
+  elif arg == "products":
+    c.protocols = ("knn", "linear")
   elif arg == "tiny":
     c.linear.lrs = (1e-3, 1e-2)
     c.linear.epochs = 20
@@ -60,5 +72,5 @@ def get_eval_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.batch_size = 8
   elif arg:
     raise ValueError(f"configs/eval.py: unknown variant {arg!r} (expected '', 'paper', "
-                     "'eosamples' or 'tiny')")
+                     "'eosamples', 'products' or 'tiny')")
   return c
