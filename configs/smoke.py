@@ -34,13 +34,13 @@ def get_config(arg: str | None = None):
   c.data.local_scale = (0.05, 0.4)
   c.data.worker_count = 0
   # Peak lr 1.5e-3 at batch 32: in a run this short, 3x the 5e-4 of the first smoke recipe
-  # transfers better to real pixels (README, "Learning check on real pixels").
+  # transfers better to real pixels (docs/RESULTS.md 1, "Real-pixel learning check").
   c.optim.base_lr = 0.012
   c.optim.warmup_epochs = 2.0
   c.optim.freeze_last_layer_epochs = 1.0
   # A sharp, constant teacher. With the paper's 0.04 -> 0.06 the teacher stays near uniform in a
   # run this short (entropy ~6.2 of log K = 6.9) and the S2 features lose class information
-  # (README, "Learning check").
+  # (docs/RESULTS.md 2.1).
   c.dino.warmup_teacher_temp = 0.03
   c.dino.teacher_temp = 0.03
   c.dino.momentum_teacher = 0.99
@@ -58,7 +58,7 @@ def get_config(arg: str | None = None):
   # Copernicus-FM L1C; never EuroSAT) cut into 128 px cells beside the synthetic ones
   # (data/real_scenes.py); synthetic only, with a warning, where that folder is absent.
   c.data.builtin.real_scenes = "auto"
-  # The real-pixel learning check (README, "Learning check on real pixels"): leave-one-out k-NN
+  # The real-pixel learning check (docs/RESULTS.md 1): leave-one-out k-NN
   # on the 270 EuroSAT MS images, pretrained vs random init vs raw band statistics, with paired
   # bootstrap intervals at the end and the teacher's reading every 425 steps.
   c.transfer.enabled = True
@@ -82,8 +82,7 @@ def get_config(arg: str | None = None):
     c.data.builtin.real_scenes = ""
     c.write_report = False                   # the many short test runs skip matplotlib
   elif arg == "transfer":
-    # The first smoke recipe (peak lr 5e-4) four times longer, as measured (README, "Learning
-    # check on real pixels").
+    # The first smoke recipe (peak lr 5e-4) four times longer, as measured (docs/RESULTS.md 1.5).
     c.num_epochs = 400
     c.optim.base_lr = 0.004
     c.checkpoint.every_steps = 50

@@ -42,7 +42,7 @@ CLASS_PRIOR = CLASS_PRIOR / CLASS_PRIOR.sum()
 # Mean BOA spectra x 1e4, bands B01 B02 B03 B04 B05 B06 B07 B08 B8A B09 B11 B12 (contract order).
 # Tree cover, grassland, cropland, bare and snow are measured on real L2A pixels: the class means
 # of the five TerraMind scenes of eo_samples through their land-cover maps (data/real_scenes.py's
-# LULC -> WorldCover table; offsets removed; README, "What it took"). The other classes keep
+# LULC -> WorldCover table; offsets removed; docs/RESULTS.md 2.1, "What it took"). The other classes keep
 # published-style signatures (their real pixels there are too few, one scene, or turbid water).
 SPECTRA = np.array([
     [195, 204, 345, 249, 652, 1838, 2260, 2452, 2545, 2560, 1183, 564],      # tree cover *

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 import ml_collections
@@ -47,6 +48,7 @@ class TerraFMEncoder(nn.Module):
   param_dtype: Dtype = jnp.float32
   remat: bool = False
   attention_impl: str | None = None
+  scan_layers: bool = False
 
   @property
   def dims(self) -> dict[str, int]:
@@ -114,19 +116,49 @@ class TerraFMEncoder(nn.Module):
     x = x + resize_pos_embed(pos_embed, (h // p, w // p)).astype(dtype)
     x = nn.with_logical_constraint(x, axes.ACTIVATION)
 
-    block_cls = nn.remat(Block, static_argnums=(2,)) if self.remat else Block
     dpr = [float(r) for r in np.linspace(0.0, self.drop_path_rate, depth)]  # linear rule
     norm = layer_norm(axes.EMBED, epsilon=VIT_LN_EPS, dtype=dtype, param_dtype=param_dtype,
                       name="norm")
-    features = []
-    for i in range(depth):
-      x = block_cls(dims["num_heads"], dims["mlp_dim"], dpr[i], dtype=dtype,
-                    param_dtype=param_dtype, attention_impl=self.attention_impl,
-                    name=f"blocks_{i}")(x, train)
-      if i in out_indices:
-        features.append(norm(x)[:, 1:].reshape(b, h // p, w // p, d))
+    if self.scan_layers and not self.is_initializing():
+      x, hidden = self._scanned_blocks(x, train, dpr, bool(out_indices))
+    else:
+      block_cls = nn.remat(Block, static_argnums=(2,)) if self.remat else Block
+      hidden = []
+      for i in range(depth):
+        x = block_cls(dims["num_heads"], dims["mlp_dim"], dpr[i], dtype=dtype,
+                      param_dtype=param_dtype, attention_impl=self.attention_impl,
+                      name=f"blocks_{i}")(x, train)
+        hidden.append(x if i in out_indices else None)
+    features = tuple(norm(hidden[i])[:, 1:].reshape(b, h // p, w // p, d)
+                     for i in sorted(set(out_indices)))
     x = norm(x)
-    return {"cls": x[:, 0], "patch_tokens": x[:, 1:], "features": tuple(features)}
+    return {"cls": x[:, 0], "patch_tokens": x[:, 1:], "features": features}
+
+  def _scanned_blocks(self, x, train: bool, dpr: list[float], keep_hidden: bool):
+    """The blocks as one lax.scan over their parameters stacked on a leading layer axis (the
+    tree stays blocks_{i}; the stack and its gradient are a copy per step). Returns the output and
+    the per-layer outputs (indexable by layer; None unless `keep_hidden`)."""
+    dims = self.dims
+    depth = dims["depth"]
+    params = nn.meta.unbox(self.variables["params"])
+    stacked = jax.tree.map(lambda *a: jnp.stack(a), *[params[f"blocks_{i}"]
+                                                        for i in range(depth)])
+    drop = train and self.drop_path_rate > 0
+    keys = (jax.random.split(self.make_rng("drop_path"), depth) if drop
+            else jnp.zeros((depth,), jnp.uint32))
+    rates = jnp.asarray(dpr, jnp.float32)
+
+    def body(h, layer):
+      p, rate, key = layer
+      block = Block(dims["num_heads"], dims["mlp_dim"], rate if drop else 0.0, dtype=self.dtype,
+                    param_dtype=self.param_dtype, attention_impl=self.attention_impl)
+      h = block.apply({"params": p}, h, train, rngs={"drop_path": key} if drop else None)
+      return h, (h if keep_hidden else None)
+
+    if self.remat:
+      body = jax.checkpoint(body, prevent_cse=False)
+    x, hidden = jax.lax.scan(body, x, (stacked, rates, keys))
+    return x, (hidden if keep_hidden else [None] * depth)
 
 
 class TerraFMDINO(nn.Module):
@@ -160,7 +192,8 @@ def build_encoder(cfg: ml_collections.ConfigDict, **overrides) -> TerraFMEncoder
   kwargs = dict(variant=cfg.variant, img_size=cfg.img_size, drop_path_rate=cfg.drop_path_rate,
                 fusion_queries=cfg.fusion_queries, fusion_heads=cfg.fusion_heads,
                 dtype=canonical_dtype(cfg.dtype), param_dtype=canonical_dtype(cfg.param_dtype),
-                remat=cfg.remat, attention_impl=cfg.get("attention_impl", None))
+                remat=cfg.remat, attention_impl=cfg.get("attention_impl", None),
+                scan_layers=cfg.get("scan_layers", False))
   kwargs.update(overrides)
   return TerraFMEncoder(**kwargs)
 

@@ -17,11 +17,11 @@ VIT_LN_EPS = 1e-6
 
 class DropPath(nn.Module):
   """Stochastic depth per sample (DINO's drop_path): x / keep * Bernoulli(keep); identity in eval."""
-  rate: float
+  rate: float  # a traced scalar under model.scan_layers
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
-    if not train or self.rate == 0.0:
+    if not train or (isinstance(self.rate, (int, float)) and self.rate == 0.0):
       return x
     keep = 1.0 - self.rate
     rng = self.make_rng("drop_path")

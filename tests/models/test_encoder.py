@@ -183,6 +183,48 @@ def test_remat_gives_identical_outputs_and_gradients(tiny):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("remat", [False, True])
+def test_scanned_blocks_match_the_unrolled_loop(tiny, remat):
+  # model.scan_layers runs the same parameter tree (blocks_{i}) as one lax.scan: the forward,
+  # the intermediate layers and the gradients equal the unrolled loop's (to float rounding: XLA
+  # fuses the scan body apart from its neighbours).
+  _, params, _ = tiny
+  x = images(2, mods=("s2_l1c", "s1"))
+  loop, scan = build_encoder(tiny_cfg(remat=remat)), build_encoder(tiny_cfg(remat=remat,
+                                                                            scan_layers=True))
+  jaxpr = str(jax.make_jaxpr(lambda p: scan.apply({"params": p}, x))(params))
+  assert jaxpr.count("scan[") == 1 and str(jax.make_jaxpr(
+      lambda p: loop.apply({"params": p}, x))(params)).count("scan[") == 0
+  a = loop.apply({"params": params}, x, out_indices=(3, 1))
+  b = scan.apply({"params": params}, x, out_indices=(3, 1))
+  np.testing.assert_allclose(np.asarray(a["cls"]), np.asarray(b["cls"]), atol=1e-6, rtol=1e-6)
+  assert len(b["features"]) == 2
+  for fa, fb in zip(a["features"], b["features"]):
+    np.testing.assert_allclose(np.asarray(fa), np.asarray(fb), atol=1e-6, rtol=1e-6)
+  loss = lambda m: (lambda p: jnp.sum(m.apply({"params": p}, x, train=True)["cls"] ** 2))
+  g1 = jax.jit(jax.grad(loss(loop)))(params)
+  g2 = jax.jit(jax.grad(loss(scan)))(params)
+  assert jax.tree.structure(g1) == jax.tree.structure(g2)
+  for u, v in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+    np.testing.assert_allclose(np.asarray(u), np.asarray(v), atol=1e-6, rtol=1e-5)
+
+
+def test_scanned_blocks_draw_drop_path_per_layer(tiny):
+  # With drop path on, each layer draws its own per-sample mask from its own key: the output
+  # depends on the key, and layer 0 (rate 0 under the linear rule) drops nothing.
+  _, params, _ = tiny
+  x = images(8, mods=("s2_l2a",))
+  enc = build_encoder(tiny_cfg(scan_layers=True, drop_path_rate=0.5))
+  run = lambda k: np.asarray(enc.apply({"params": params}, x, train=True,
+                                       rngs={"drop_path": jax.random.key(k)})["cls"])
+  np.testing.assert_array_equal(run(1), run(1))
+  assert not np.allclose(run(1), run(2))
+  np.testing.assert_allclose(np.asarray(enc.apply({"params": params}, x)["cls"]),
+                             np.asarray(build_encoder(tiny_cfg()).apply({"params": params},
+                                                                        x)["cls"]),
+                             atol=1e-6, rtol=1e-6)
+
+
 @pytest.mark.parametrize("bad,match", [
     ({"s2_l2a": np.zeros((1, 32, 32, 13), np.float32)}, "has 13 channels; the s2_l2a stem expects 12"),
     ({"s1": np.zeros((1, 32, 32, 12), np.float32)}, "has 12 channels; the s1 stem expects 2"),
