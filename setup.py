@@ -72,7 +72,7 @@ setup(
     entry_points={
         "console_scripts": [
             "terrafm-export=terrafm_jax.export.cli:main",
-            "terrafm-train=terrafm_jax.train.main:run",
+            "terrafm-train=terrafm_jax.train.cli:run",
             "terrafm-eval=terrafm_jax.eval.cli:run",
             "terrafm-embed=terrafm_jax.embed.cli:run",
         ],

@@ -5,7 +5,7 @@ This module imports nothing from terrafm_jax, so any layer may import it.
 from __future__ import annotations
 
 
-# `train.main` reports these as "invalid configuration" (exit code 2); data and runtime errors
+# `train.cli` reports these as "invalid configuration" (exit code 2); data and runtime errors
 # differ. Raised for config values that cannot work, naming the offending field.
 class ConfigError(ValueError):
   pass

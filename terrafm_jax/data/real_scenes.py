@@ -174,6 +174,13 @@ def _eolearn(path: str) -> list[RealScene]:
                     np.zeros((n, n), np.uint8)) for t in range(len(dn))]
 
 
+def eo_samples_root() -> str:
+  """The eo_samples folder beside the checkout (../shared/eo_samples): the real scenes of the
+  built-in set and the evaluation samples (eval/eosamples.py, eval/eurosat.py) default to it."""
+  here = os.path.dirname(os.path.abspath(__file__))
+  return os.path.normpath(os.path.join(here, "..", "..", "..", "shared", "eo_samples"))
+
+
 def load_scenes(root: str) -> list[RealScene]:
   """Every real scene under an eo_samples folder; BadInputError naming a missing or bad file."""
   if not os.path.isdir(root):

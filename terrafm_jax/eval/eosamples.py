@@ -19,7 +19,7 @@ import os
 
 import numpy as np
 
-from terrafm_jax.data import harmonize
+from terrafm_jax.data import harmonize, real_scenes
 from terrafm_jax.eval.dataset import EvalDataError, EvalSplit, SourceGroup
 
 PATCH = 32
@@ -35,8 +35,7 @@ _GROUPS = {  # group -> (folder, band names in file order, units)
 
 
 def default_root() -> str:
-  here = os.path.dirname(os.path.abspath(__file__))
-  return os.path.normpath(os.path.join(here, "..", "..", "..", "shared", "eo_samples"))
+  return real_scenes.eo_samples_root()
 
 
 @functools.lru_cache(maxsize=4)

@@ -26,6 +26,7 @@ import numpy as np
 from absl import logging
 from etils import epath
 
+from terrafm_jax.data import real_scenes
 from terrafm_jax.data.contract import DEFAULT_CONTRACT, MODALITIES, InputContract
 from terrafm_jax.errors import ConfigError
 from terrafm_jax.train import workdir as workdir_lib
@@ -181,8 +182,7 @@ def real_root(config: ml_collections.ConfigDict) -> str:
   if not choice:
     return ""
   if choice == "auto":
-    from terrafm_jax.eval import eosamples  # pylint: disable=g-import-not-at-top
-    root = eosamples.default_root()
+    root = real_scenes.eo_samples_root()
     if not os.path.isdir(os.path.join(root, "terramind_majortom")):
       logging.warning("built-in set: no real scenes (%s not found); synthetic cells only", root)
       return ""

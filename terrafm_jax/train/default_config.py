@@ -245,12 +245,7 @@ def _validate(c: ml_collections.ConfigDict) -> None:
     if t.input_size % p:
       raise ValueError(f"config.transfer.input_size={t.input_size} is not a multiple of the "
                        f"patch size {p}")
-  if c.eval.every_steps > 0:
-    from terrafm_jax.eval import inloop  # pylint: disable=g-import-not-at-top
-    try:
-      inloop.check_config(c)
-    except ValueError as e:
-      raise ConfigError(f"config.eval: {e}") from None
+  # config.eval (task, protocol) is checked by its hook (eval/run_hooks.py) when the run starts.
   if c.global_batch_size % 1:
     raise ValueError("config.global_batch_size must be an integer")
   if c.data.source == "pipeline" and not c.data.data_dir and not c.data.builtin.enabled:

@@ -10,7 +10,7 @@ import json
 import os
 import signal
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -25,6 +25,7 @@ from terrafm_jax.train import checkpoint as ckpt_lib
 from terrafm_jax.train import console
 from terrafm_jax.train import data_source
 from terrafm_jax.train import default_config
+from terrafm_jax.train import hooks as hooks_lib
 from terrafm_jax.train import metrics as metrics_lib
 from terrafm_jax.train import report as report_lib
 from terrafm_jax.train import sharding as sharding_lib
@@ -115,9 +116,12 @@ def _write_run_metadata(workdir, config, data, dual_centering: str, start_step: 
   (workdir / "run_metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Train (or resume) in `workdir`; returns the final scalars (and the kNN check if enabled)."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       hooks: Sequence[hooks_lib.HookFactory] = ()) -> dict[str, Any]:
+  """Train (or resume) in `workdir`; returns the final scalars and what the hooks (the in-loop
+  and end-of-run evaluations the entry point hands in, train/hooks.py) add."""
   default_config.validate(config)
+  hooks_lib.check_all(hooks, config)
   workdir = workdir_lib.resolve(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   is_main = jax.process_index() == 0
@@ -196,17 +200,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 + (f"; {mem.get('temp_size_gib', 0) + mem.get('argument_size_gib', 0):.2f} GiB "
                    "per device (arguments + temporaries)" if mem else ""))
 
-  hooks = metrics_lib.periodic_actions_for(config, workdir, writer, total_steps)
-  evaluator = None
-  if config.eval.every_steps > 0:
-    from terrafm_jax.eval import inloop  # pylint: disable=g-import-not-at-top
-    evaluator = inloop.maybe_create(config, contract)
-  transfer = None
-  if config.transfer.enabled:
-    from terrafm_jax.eval import transfer_check  # pylint: disable=g-import-not-at-top
-    k_params = jax.random.split(jax.random.PRNGKey(config.seed))[0]  # the run's own init key
-    transfer = transfer_check.maybe_create(
-        config, contract, sharding_lib.unbox(jax.jit(param_init)(k_params))["encoder"])
+  periodic = metrics_lib.periodic_actions_for(config, workdir, writer, total_steps)
+  ctx = hooks_lib.RunContext(config=config, workdir=workdir, contract=contract, model=parts.model,
+                             param_init=param_init, mesh=mesh, rules=rules, writer=writer,
+                             total_steps=total_steps)
+  active = [h for h in (f(ctx) for f in hooks) if h is not None]
   # Exposure of the whole global batch (every process' slice), exact from step 0 after a resume.
   exposure = metrics_lib.ClassExposure()
   for s0 in range(0, start_step, 1024):
@@ -274,25 +272,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       state, dev_metrics = compiled(state, batch)
       flush_pending()  # previous logged step: its values are ready or nearly so
       step += 1
-      for h in hooks:
-        h(step)
-      if evaluator is not None and (step % config.eval.every_steps == 0 or step == total_steps):
-        scores = evaluator(step, state.teacher["encoder"])  # before the next step donates it
-        if scores and is_main:
-          writer.write_scalars(step, scores)
-          workdir_lib.append_jsonl(jsonl, {"step": step, **scores})
-          console.say(f"step {step}: " + ", ".join(
-              f"{k} {v:.1f}" for k, v in scores.items() if not k.endswith("_seconds")))
-      if (transfer is not None and transfer.every_steps > 0
-          and step % transfer.every_steps == 0 and step < total_steps):
-        scores = transfer.in_loop(state.teacher["encoder"])  # a collective on multi-host
-      else:
-        scores = None
-      if scores and is_main:
-        writer.write_scalars(step, scores)
-        workdir_lib.append_jsonl(jsonl, {"step": step, **scores})
-        console.say(f"step {step}: real-pixel check " + ", ".join(
-            f"{k.rsplit('_', 1)[-1]} {v:.1f}" for k, v in scores.items()))
+      for action in periodic:
+        action(step)
+      for h in active:  # every process: a hook's evaluation may be a collective
+        out = h.after_step(step, state.teacher["encoder"])  # before the next step donates it
+        if out:
+          ctx.log(step, *out)
       planned_stop = end_step < total_steps and step == end_step
       if step % config.log_every_steps == 0 or step == total_steps or planned_stop:
         pending = (step, dev_metrics)
@@ -317,22 +302,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   check_finite(step)
   writer.flush()
   result = {"final_step": step, "history": history, "memory": mem}
-  if step >= total_steps and config.knn.enabled:
-    from terrafm_jax.train import learning_check  # pylint: disable=g-import-not-at-top
-    result["knn"] = learning_check.run(config, str(workdir), parts.model, state.teacher, param_init,
-                                       mesh, rules, writer, step, contract=contract)
-  final = transfer.final(state.teacher["encoder"]) if (
-      transfer is not None and step >= total_steps) else None
-  if final is not None and is_main:
-    res, scalars = final
-    result["transfer"] = res
-    writer.write_scalars(step, scalars)
-    workdir_lib.append_jsonl(jsonl, {"step": step, **scalars})
-    (workdir / "transfer_check.json").write_text(json.dumps(res, indent=2))
-    for line in transfer_check.format_table(res).splitlines():
-      console.say(line)
-  if transfer is not None and step >= total_steps:
-    result["pictures"] = transfer.pictures(state.teacher["encoder"])
+  if step >= total_steps:
+    for h in active:
+      result.update(h.at_end(step, state.teacher))
   if is_main and step > start_step and config.write_report:
     try:
       path = report_lib.write_report(workdir, report_lib.read_rows(jsonl),

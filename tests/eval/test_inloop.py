@@ -23,9 +23,11 @@ def test_inloop_config_errors_stop_before_training(tmp_path, run_mod):
                                     "--config.eval.every_steps=2", "--config.eval.task=nope/x"],
               expect_rc=2)
   assert "config.eval" in p.stderr and "nope/x" in p.stderr
-  # The other checks, in-process (the same validate() the trainer calls first).
+  # The other checks, in-process (the hooks' checks the trainer runs before anything else).
   import importlib.util
+  from terrafm_jax.eval import run_hooks
   from terrafm_jax.train import default_config
+  from terrafm_jax.train import hooks
   path = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "smoke.py")
   spec = importlib.util.spec_from_file_location("smoke_config", path)
   smoke = importlib.util.module_from_spec(spec)
@@ -33,8 +35,9 @@ def test_inloop_config_errors_stop_before_training(tmp_path, run_mod):
   c = smoke.get_config("test")
   c.eval.every_steps = 2
   c.eval.protocol = "seg_linear"
-  with pytest.raises(default_config.ConfigError, match="classification task"):
-    default_config.validate(c)
+  default_config.validate(c)  # the training schema leaves config.eval to its hook
+  with pytest.raises(default_config.ConfigError, match="config.eval: .*classification task"):
+    hooks.check_all(run_hooks.default_hooks(), c)
   c.eval.protocol = "finetune"
   with pytest.raises(default_config.ConfigError, match="too costly"):
-    default_config.validate(c)
+    hooks.check_all(run_hooks.default_hooks(), c)

@@ -115,7 +115,7 @@ def test_knn_weighted_vote():
 
 def test_learning_check_cross_modal_knn():
   """Aligned modalities classify each other's queries; unaligned (random stems) do not."""
-  from terrafm_jax.train import learning_check
+  from terrafm_jax.eval import synthetic_knn as learning_check
   rng = np.random.default_rng(0)
   centers = rng.normal(size=(4, 32)) * 3
   labels = np.repeat(np.arange(4), 30)

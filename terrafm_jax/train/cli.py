@@ -90,8 +90,10 @@ def main(argv) -> None:
   from terrafm_jax.data.errors import BadInputError  # pylint: disable=g-import-not-at-top
   from terrafm_jax.train import default_config  # pylint: disable=g-import-not-at-top
   from terrafm_jax.train import trainer  # pylint: disable=g-import-not-at-top
+  from terrafm_jax.eval import run_hooks  # pylint: disable=g-import-not-at-top
   try:
-    result = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    result = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
+                                        hooks=run_hooks.default_hooks())
   except trainer.NonFiniteError as e:
     logging.error("%s", e)
     print(f"[terrafm] ERROR: {e}", file=sys.stderr)

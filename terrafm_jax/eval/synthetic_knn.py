@@ -29,7 +29,6 @@ from jax.experimental import multihost_utils
 from terrafm_jax.data.contract import DEFAULT_CONTRACT, MODALITIES, InputContract
 from terrafm_jax.eval import knn
 from terrafm_jax.train import device_crops
-from terrafm_jax.train import sharding as sharding_lib
 
 
 def make_encoder(model, modality: str, size: int, contract: InputContract = DEFAULT_CONTRACT):
@@ -100,11 +99,11 @@ def summarize(random_acc: dict[tuple[str, str], float],
           "per_modality": per_mod, "cross_modal": cross, "cross_modal_mean": cross_mean}
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, model, teacher: Any, param_init,
-        mesh, rules, writer, step: int, contract: InputContract = DEFAULT_CONTRACT
-        ) -> dict[str, Any] | None:
-  """Returns `summarize(...)` plus "k" and "num_test"; None on processes other than 0."""
-  del workdir, mesh, rules
+def run(config: ml_collections.ConfigDict, model, teacher: Any, random_params: Any, writer,
+        step: int, contract: InputContract = DEFAULT_CONTRACT) -> dict[str, Any] | None:
+  """Returns `summarize(...)` plus "k" and "num_test"; None on processes other than 0.
+
+  `random_params`: the run's parameters at its random init (the baseline)."""
   kc = config.knn
   # Gather the (possibly sharded, multi-host) teacher to every host, then evaluate on process 0.
   if jax.process_count() > 1:
@@ -119,8 +118,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, model, teacher: Any, pa
   labels = held_out["label"]
   n = len(labels)
   size = kc.img_size if kc.img_size > 0 else config.data.global_size
-  k_params = jax.random.split(jax.random.PRNGKey(config.seed))[0]  # the run's own init key
-  random_params = jax.device_get(sharding_lib.unbox(jax.jit(param_init)(k_params)))
+  random_params = jax.device_get(random_params)
   teacher = jax.device_get(teacher)
   order = np.random.default_rng(kc.seed).permutation(n)
   tr, te = order[: n // 2], order[n // 2:]
