@@ -5,7 +5,7 @@ from setuptools import find_packages, setup
 # torch is pinned exactly: a loose torch requirement pulls a multi-GB CUDA build.
 TORCH = "torch==2.13.0"
 BEAM = "apache-beam>=2.77"
-# ONNX export (terrafm-export onnx): torch.onnx's torch.export-based exporter needs onnxscript;
+# ONNX export (terrafm-export --config.format=onnx): torch.onnx's torch.export-based exporter needs onnxscript;
 # onnxruntime runs the graphs (the parity tests, and the exported folder's users).
 ONNX = [TORCH, "onnx>=1.23,<2", "onnxscript>=0.7.2,<0.8", "onnxruntime>=1.32,<2"]
 
@@ -71,8 +71,9 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "terrafm-export=terrafm_jax.export.cli:main",
+            "terrafm-export=terrafm_jax.export.cli:run",
             "terrafm-train=terrafm_jax.train.cli:run",
+            "terrafm-prepare=terrafm_jax.data.prepare_cli:run",
             "terrafm-eval=terrafm_jax.eval.cli:run",
             "terrafm-embed=terrafm_jax.embed.cli:run",
         ],

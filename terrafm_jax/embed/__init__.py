@@ -1,8 +1,9 @@
 """Embedding Major-TOM cells at scale into the schema of the published Major-TOM embedding
 expansions (Core-S2L1C-SSL4EO, Core-S1RTC-SSL4EO, Core-S2RGB-DINOv2 / -SigLIP).
 
-    python -m terrafm_jax.embed --majortom_dir=/data/majortom --weights=terrafm_b.pth \
-        --modality=s2_l2a|s1|s2_l1c|fused --out=/data/Core-S2L2A-TerraFM
+    python -m terrafm_jax.embed --config.majortom_dir=/data/majortom \
+        --config.weights=terrafm_b.pth --config.modality=s2_l2a|s1|s2_l1c|fused \
+        --config.out=/data/Core-S2L2A-TerraFM
 
     from terrafm_jax.embed import EmbedOptions, embed
     report = embed(EmbedOptions(majortom_dir=..., out=..., weights="random:B/16"))

@@ -16,7 +16,7 @@ MAX_REPORTED_ERRORS = 200
 
 @dataclasses.dataclass(frozen=True)
 class EmbedOptions:
-  """Options of `python -m terrafm_jax.embed` (flag docs in cli.py)."""
+  """Options of `python -m terrafm_jax.embed` (field docs in config.py)."""
   majortom_dir: str
   out: str
   weights: str
@@ -28,7 +28,7 @@ class EmbedOptions:
   batch_size: int = 32
   cells_per_part: int = 40
   rows_per_part: int = 0               # > 0: cells_per_part from the first cell's fragment count
-  on_error: str = "raise"              # "raise" | "skip"
+  on_error: str = "error"              # "error" | "skip" (as prepare; "raise" is read as "error")
   runner: str = "local"                # "local" | "beam"
   beam_pipeline_options: str = ""      # comma-separated Beam flags
   max_cells: int | None = None
@@ -44,26 +44,26 @@ class EmbedOptions:
 
   def __post_init__(self):
     if self.modality not in MODALITIES:
-      raise ValueError(f"--modality must be one of {MODALITIES}, got {self.modality!r}")
-    if self.on_error == "error":
-      object.__setattr__(self, "on_error", "raise")  # prepare's spelling
-    if self.on_error not in ("raise", "skip"):
-      raise ValueError(f"--on_error must be 'raise' or 'skip', got {self.on_error!r}")
+      raise ValueError(f"modality must be one of {MODALITIES}, got {self.modality!r}")
+    if self.on_error == "raise":
+      object.__setattr__(self, "on_error", "error")  # the spelling of earlier releases
+    if self.on_error not in ("error", "skip"):
+      raise ValueError(f"on_error must be 'error' or 'skip', got {self.on_error!r}")
     if self.runner not in RUNNERS:
-      raise ValueError(f"--runner must be one of {RUNNERS}, got {self.runner!r}")
+      raise ValueError(f"runner must be one of {RUNNERS}, got {self.runner!r}")
     if self.align not in ("reproject", "error"):
-      raise ValueError(f"--align must be 'reproject' or 'error', got {self.align!r}")
+      raise ValueError(f"align must be 'reproject' or 'error', got {self.align!r}")
     for name in ("fragment_size", "fragment_stride", "batch_size", "cells_per_part"):
       if getattr(self, name) <= 0:
-        raise ValueError(f"--{name} must be positive, got {getattr(self, name)}")
+        raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
     if self.input_size < 0 or self.rows_per_part < 0:
-      raise ValueError("--input_size and --rows_per_part must be >= 0")
+      raise ValueError("input_size and rows_per_part must be >= 0")
     if self.max_cells is not None and self.max_cells <= 0:
-      raise ValueError(f"--max_cells must be positive, got {self.max_cells}")
+      raise ValueError(f"max_cells must be positive, got {self.max_cells}")
     if (self.process_index < 0) != (self.process_count < 0):
-      raise ValueError("give both --process_index and --process_count, or neither")
+      raise ValueError("give both process_index and process_count, or neither")
     if self.process_count > 0 and not 0 <= self.process_index < self.process_count:
-      raise ValueError(f"--process_index={self.process_index} is not in [0, "
+      raise ValueError(f"process_index={self.process_index} is not in [0, "
                        f"{self.process_count})")
 
   @property

@@ -3,7 +3,7 @@
 Bad input follows prepare's rule (majortom.py): a hard input error of a cell (corrupt parquet or
 band bytes, not a GeoTIFF, wrong CRS / geotransform / size, modalities that cannot be aligned, a
 cell smaller than the fragment) is a `BadInputError` naming file / row group / column; it stops the
-run with on_error="raise" and is skipped and counted (per kind, first errors listed) with "skip".
+run with on_error="error" and is skipped and counted (per kind, first errors listed) with "skip".
 Per-fragment defects (a modality with no valid pixel or NaN in the window) are counted, never
 raised (inputs.py).
 """
@@ -157,7 +157,7 @@ def embed_part(part: PartJob, loaded: Iterator[Loaded], encoder: Encoder, opts: 
       _add_cell(job, cell, opts, contract, batcher, result)
       result.counts["cells_read"] += 1
     except BadInputError as err:
-      if opts.on_error == "raise":
+      if opts.on_error == "error":
         raise
       result.skip(err)
     finally:

@@ -1,5 +1,5 @@
-import sys
+"""`python -m terrafm_jax.export` == `terrafm-export`."""
+from terrafm_jax.export.cli import run
 
-from terrafm_jax.export.cli import main
-
-sys.exit(main())
+if __name__ == "__main__":
+  run()

@@ -1,11 +1,15 @@
 """Command line: export trained weights to the released PyTorch layout, or import them.
+absl + ml_collections, as every entry point; the fields: export/config.py.
 
-  terrafm-export released --workdir WORKDIR [--step N] --out terrafm_b.pth
-  terrafm-export released --random-init --variant B/16 --out /tmp/random_b.safetensors
-  terrafm-export bundle   --workdir WORKDIR [--step N] --out bundle.safetensors
-  terrafm-export import   --weights terrafm_b.pth --out terrafm_b.msgpack
-  terrafm-export onnx     --weights terrafm_b.pth | --workdir WORKDIR [--step N]
-                          | --random-init --variant B/16   [--img-size 224] [--pt2] --out DIR
+  terrafm-export --config.format=released --config.workdir=WORKDIR [--config.step=N] \
+      --config.out=terrafm_b.pth
+  terrafm-export --config.format=released --config.random_init --config.variant=B/16 \
+      --config.out=/tmp/random_b.safetensors
+  terrafm-export --config.format=bundle --config.workdir=WORKDIR --config.out=bundle.safetensors
+  terrafm-export --config.format=import --config.weights=terrafm_b.pth --config.out=b.msgpack
+  terrafm-export --config.format=onnx --config.weights=terrafm_b.pth [--config.img_size=224] \
+      [--config.pt2] --config.out=DIR      (or --config.workdir / --config.random_init)
+(`python -m terrafm_jax.export` is the same.)
 
 `released` writes exactly the keys of the published `terrafm.py` (strict=True loadable) plus
 `<name>.contract.json` (bands, order, units, normalisation); `bundle` writes the student and teacher
@@ -13,12 +17,11 @@ with fusion and DINO heads for continued pretraining; `import` converts released
 Flax params file (flax.serialization msgpack) after a strict key and shape check; `onnx` writes
 DIR/{s1,s2_l1c,s2_l2a}.onnx (raw units in, normalised inside the graph; dynamic batch, fixed size)
 with DIR/terrafm.contract.json (and DIR/terrafm.safetensors when the weights came from a workdir
-or a random init); with --pt2 also DIR/<modality>.pt2, the same graphs as torch.export programs.
+or a random init); with pt2 also DIR/<modality>.pt2, the same graphs as torch.export programs.
 `released` and `onnx` also write MODEL_CARD.md beside the export (docs/MODEL_CARD.md says what it holds).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -27,10 +30,14 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import app
+from ml_collections import config_flags
 
+from terrafm_jax import config_schema
 from terrafm_jax import platforms
 from terrafm_jax.data.contract import DEFAULT_CONTRACT, MODALITIES, InputContract
 from terrafm_jax.export import model_card, torch_export, torch_import
+from terrafm_jax.export.options import ExportOptions
 from terrafm_jax.models.config import get_model_config
 from terrafm_jax.models.terrafm import build_encoder
 
@@ -88,7 +95,7 @@ def _random_encoder(variant: str, img_size: int, seed: int):
 
 def _cmd_released(args) -> list[str]:
   if args.random_init:
-    params = _host(_random_encoder(args.variant, args.img_size, args.seed))
+    params = _host(_random_encoder(args.variant or "B/16", args.img_size, args.seed))
   else:
     params = _host(_restore_teacher(args.workdir, args.step)["encoder"])
   sd = torch_export.encoder_state_dict(params)
@@ -169,48 +176,22 @@ def _cmd_import(args) -> list[str]:
   return [args.out]
 
 
-def main(argv: list[str] | None = None) -> int:
+def export(opts: ExportOptions) -> list[str]:
+  """Run one export; returns the paths written."""
+  return {"released": _cmd_released, "bundle": _cmd_bundle, "import": _cmd_import,
+          "onnx": _cmd_onnx}[opts.format](opts)
+
+
+def main(argv, config) -> int:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}", exitcode=2)
   platforms.quiet_libtpu_without_tpu()
-  parser = argparse.ArgumentParser(prog="terrafm-export", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  sub = parser.add_subparsers(dest="command", required=True)
-  rel = sub.add_parser("released", help="teacher backbone -> released terrafm.py layout")
-  src = rel.add_mutually_exclusive_group(required=True)
-  src.add_argument("--workdir", help="training workdir (reads <workdir>/checkpoints)")
-  src.add_argument("--random-init", action="store_true", help="export a freshly initialised model")
-  rel.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-  rel.add_argument("--variant", default="B/16")
-  rel.add_argument("--img-size", type=int, default=224)
-  rel.add_argument("--seed", type=int, default=0)
-  rel.add_argument("--out", required=True, help="output .pth or .safetensors")
-  bun = sub.add_parser("bundle", help="teacher with fusion + DINO head, for continued pretraining")
-  bun.add_argument("--workdir", required=True)
-  bun.add_argument("--step", type=int, default=None)
-  bun.add_argument("--teacher-as-student", action="store_true",
-                   help="also write the teacher under student.* (to restart from the EMA model)")
-  bun.add_argument("--out", required=True)
-  imp = sub.add_parser("import", help="released .pth/.safetensors -> Flax params (msgpack)")
-  imp.add_argument("--weights", required=True)
-  imp.add_argument("--variant", default=None, help="expected variant (default: inferred)")
-  imp.add_argument("--out", required=True)
-  onx = sub.add_parser("onnx", help="one ONNX graph per modality (raw units in) + contract + card")
-  src = onx.add_mutually_exclusive_group(required=True)
-  src.add_argument("--weights", help="released-layout .pth/.safetensors (contract JSON beside it)")
-  src.add_argument("--workdir", help="training workdir (reads <workdir>/checkpoints)")
-  src.add_argument("--random-init", action="store_true", help="export a freshly initialised model")
-  onx.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-  onx.add_argument("--variant", default=None,
-                   help="random init: the variant (default B/16); --weights: the expected one")
-  onx.add_argument("--img-size", type=int, default=224,
-                   help="the graphs' fixed input size (and the random init's size)")
-  onx.add_argument("--seed", type=int, default=0)
-  onx.add_argument("--pt2", action="store_true",
-                   help="also write DIR/<modality>.pt2: the same graphs as torch.export programs")
-  onx.add_argument("--out", required=True, help="output folder")
-  args = parser.parse_args(argv)
   try:
-    written = {"released": _cmd_released, "bundle": _cmd_bundle, "import": _cmd_import,
-               "onnx": _cmd_onnx}[args.command](args)
+    opts = config_schema.build(ExportOptions, config)
+  except ValueError as e:
+    raise app.UsageError(str(e), exitcode=2) from None
+  try:
+    written = export(opts)
   except (ValueError, FileNotFoundError, ImportError) as e:
     print(f"terrafm-export: error: {e}", file=sys.stderr)
     return 1
@@ -219,5 +200,15 @@ def main(argv: list[str] | None = None) -> int:
   return 0
 
 
+def run() -> None:
+  """Console script `terrafm-export`. The flag is defined here, not at import, so that importing
+  this module (tests, notebooks) never clashes with another entry point's --config."""
+  flag = config_flags.DEFINE_config_file(
+      "config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "config.py"),
+      "export config (default: the built-in schema, terrafm_jax/export/config.py); override "
+      "fields with --config.<field>=value", lock_config=True)
+  app.run(lambda argv: sys.exit(main(argv, flag.value)))
+
+
 if __name__ == "__main__":
-  sys.exit(main())
+  run()

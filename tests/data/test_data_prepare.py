@@ -182,3 +182,40 @@ def test_beam_direct_runner_writes_the_same_records(synthetic_raw, tmp_path, pre
     assert ds[i]["tile_index"] == index["tile_index"][i] == ref_index["tile_index"][i]
     for m in contract_lib.MODALITIES:
       np.testing.assert_array_equal(ds[i][m], ref[i][m])
+
+
+def _prepare_cli(args, tmp_path):
+  import subprocess
+  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=repo)
+  return subprocess.run([sys.executable, "-m", "terrafm_jax.data.prepare", *args], cwd=tmp_path,
+                        env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_cli_takes_config_overrides_and_writes_what_the_api_writes(prepared, synthetic_raw,
+                                                                    tmp_path):
+  out = tmp_path / "cli"
+  p = _prepare_cli([f"--config.majortom_dir={synthetic_raw}", f"--config.out_dir={out}",
+                    "--config.tile_size=32", "--config.cells_per_shard=4",
+                    "--config.num_workers=1",
+                    f"--config.landcover={os.path.join(synthetic_raw, 'worldcover.parquet')}"],
+                   tmp_path)
+  assert p.returncode == 0, p.stderr[-3000:]
+  summary = json.loads(p.stdout[p.stdout.index("{"):])
+  assert summary["counts"]["tiles_written"] == 48
+  pd.testing.assert_frame_equal(pd.read_parquet(os.path.join(summary["dataset_dir"],
+                                                             "index.parquet")),
+                                pd.read_parquet(os.path.join(prepared, "index.parquet")))
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--config.out_dir=/tmp/x"], "--config.majortom_dir is required"),
+    (["--config.majortom_dir=/tmp/x", "--config.out_dir=/tmp/y", "--config.on_error=skipp"],
+     "on_error must be 'error' or 'skip'"),
+    (["--config.majortom_dir=/tmp/x", "--config.out_dir=/tmp/y", "--config.tile_size=big"],
+     "tile_size"),
+    (["--config.majortom_dir=/nonexistent", "--config.out_dir=/tmp/y"], "/nonexistent"),
+])
+def test_cli_bad_config_is_one_clear_error(args, message, tmp_path):
+  p = _prepare_cli(args, tmp_path)
+  assert p.returncode in (1, 2) and message in p.stderr, p.stderr[-2000:]

@@ -132,8 +132,9 @@ def make_flags():
   import conftest under --import-mode=importlib)."""
   def make(raw: str, out: str, **kw) -> list[str]:
     d = {**SYN_ARGS, **kw}
-    return [f"--majortom_dir={raw}", f"--out={out}", f"--weights={WEIGHTS}"] + [
-        f"--{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in d.items()]
+    return [f"--config.majortom_dir={raw}", f"--config.out={out}",
+            f"--config.weights={WEIGHTS}"] + [
+        f"--config.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in d.items()]
   return make
 
 

@@ -61,8 +61,9 @@ def trained_workdir(shared_artifact) -> str:
 def exported_pth(trained_workdir, shared_artifact) -> str:
   def build(folder):
     os.makedirs(folder, exist_ok=True)
-    run_module("terrafm_jax.export", ["released", "--workdir", trained_workdir, "--out",
-                                      os.path.join(folder, "teacher.pth")])
+    run_module("terrafm_jax.export", ["--config.format=released",
+                                      f"--config.workdir={trained_workdir}",
+                                      f"--config.out={os.path.join(folder, 'teacher.pth')}"])
   return os.path.join(shared_artifact("eval_export", build), "teacher.pth")
 
 

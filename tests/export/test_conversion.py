@@ -152,13 +152,23 @@ def test_training_bundle_round_trip_keeps_fusion_and_heads(tmp_path, dino):
 
 def test_cli_random_init_export_and_import(tmp_path, capsys):
   out = tmp_path / "mu.safetensors"
-  assert cli.main(["released", "--random-init", "--variant", "Mu/8", "--img-size", "32",
-                   "--out", str(out)]) == 0
+  from terrafm_jax import config_schema
+  from terrafm_jax.export import config as export_config
+  from terrafm_jax.export.options import ExportOptions
+  def main(**overrides):  # the command line's path: the schema, overridden, then run
+    c = export_config.get_config()
+    c.update(overrides)
+    return cli.main(["terrafm-export"], c)
+  assert main(format="released", random_init=True, variant="Mu/8", img_size=32,
+              out=str(out)) == 0
   assert out.exists() and (tmp_path / "mu.contract.json").exists()
   msgpack = tmp_path / "mu.msgpack"
-  assert cli.main(["import", "--weights", str(out), "--out", str(msgpack)]) == 0
+  assert main(format="import", weights=str(out), out=str(msgpack)) == 0
   params = flax.serialization.msgpack_restore(msgpack.read_bytes())
   assert params["pos_embed"].shape == (1, 17, 64)
-  assert cli.main(["import", "--weights", str(out), "--variant", "B/16",
-                   "--out", str(tmp_path / "x.msgpack")]) == 1
+  assert main(format="import", weights=str(out), variant="B/16",
+              out=str(tmp_path / "x.msgpack")) == 1
   assert "not the requested B/16" in capsys.readouterr().err
+  with pytest.raises(ValueError, match="format=import takes its weights from exactly one of "
+                     "weights; got workdir"):
+    config_schema.build(ExportOptions, {"format": "import", "workdir": "w", "out": "x"})

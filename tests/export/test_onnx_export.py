@@ -22,6 +22,7 @@ import pytest
 from terrafm_jax.data import harmonize
 from terrafm_jax.data.contract import MODALITIES, InputContract
 from terrafm_jax.export import cli, model_card, torch_export
+from terrafm_jax.export.options import ExportOptions
 from terrafm_jax.models.config import get_model_config
 from terrafm_jax.models.terrafm import build_encoder
 from terrafm_jax.train.device_crops import normalize_tiles
@@ -56,8 +57,8 @@ def exported(encoder, tmp_path_factory):
   root = tmp_path_factory.mktemp("onnx")
   weights = torch_export.export_released(params, VARIANT, SIZE, str(root / "mu.safetensors"))[0]
   out = root / "export"
-  assert cli.main(["onnx", "--weights", weights, "--img-size", str(SIZE), "--pt2",
-                   "--out", str(out)]) == 0
+  assert cli.export(ExportOptions(format="onnx", weights=weights, img_size=SIZE, pt2=True,
+                                  out=str(out)))
   return str(out), weights
 
 
@@ -158,7 +159,7 @@ def test_export_at_another_size_bakes_the_interpolated_position_embedding(
   forward, params = encoder
   _, weights = exported
   out = tmp_path / "small"
-  assert cli.main(["onnx", "--weights", weights, "--img-size", "32", "--out", str(out)]) == 0
+  assert cli.export(ExportOptions(format="onnx", weights=weights, img_size=32, out=str(out)))
   contract = InputContract.from_dict(json.load(open(out / "terrafm.contract.json"))["contract"])
   for mod in ("s1", "s2_l2a"):
     x = np.ascontiguousarray(scenes[mod][:, :, 8:40, 8:40])
@@ -271,8 +272,8 @@ def test_model_card_contract_tables_equal_the_contract_json(exported):
 
 def test_released_export_writes_a_card_with_workdir_results(tmp_path):
   out = tmp_path / "rel" / "mu.safetensors"
-  assert cli.main(["released", "--random-init", "--variant", "Mu/8", "--img-size", "32",
-                   "--out", str(out)]) == 0
+  assert cli.export(ExportOptions(format="released", random_init=True, variant="Mu/8",
+                                  img_size=32, out=str(out)))
   card = (tmp_path / "rel" / "MODEL_CARD.md").read_text()
   meta = json.loads((tmp_path / "rel" / "mu.contract.json").read_text())
   tables = parse_contract_tables(card)

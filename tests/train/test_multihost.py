@@ -140,8 +140,8 @@ def test_two_processes_real_pipeline_sigterm_one_then_resume_on_one(tmp_path, cl
   # The export states the run's contract.
   import subprocess as sp
   out = tmp_path / "teacher.safetensors"
-  sp.run([sys.executable, "-m", "terrafm_jax.export", "released", "--workdir", str(work),
-          "--out", str(out)], cwd=REPO, env=env_for(1), check=True, capture_output=True)
+  sp.run([sys.executable, "-m", "terrafm_jax.export", "--config.format=released",
+          f"--config.workdir={work}", f"--config.out={out}"], cwd=REPO, env=env_for(1), check=True, capture_output=True)
   exported = json.loads((tmp_path / "teacher.contract.json").read_text())
   assert exported["contract"] == prepared
   # Resuming with another contract is refused, naming the difference (a data error, exit 1).
