@@ -27,7 +27,7 @@ sys.path[:0] = [p for p in (_ROOT, os.path.join(_ROOT, "bench")) if p not in sys
 import compare_torch  # noqa: E402
 import interleave  # noqa: E402
 from terrafm_jax.data.contract import MODALITIES  # noqa: E402
-from terrafm_jax.train import data_source, metrics, trainer  # noqa: E402
+from terrafm_jax.train import data_source, trainer  # noqa: E402
 
 
 def parse_set(item: str) -> tuple[str, object]:
@@ -59,12 +59,11 @@ def build(args, overrides):
     config.data.modalities = MODALITIES
   for key, value in overrides:
     apply_set(config, key, value)
-  data = data_source.make_train_data(config, "/tmp/terrafm_bench")
-  config = trainer.resolve_config(config, data.num_examples)
-  host = [next(data.iterator) for _ in range(2)]
+  plan, _, it = data_source.open_run(config, "/tmp/terrafm_bench")
+  host = [next(it) for _ in range(2)]
   if args.modalities != "all":
     host = [compare_torch.single_modality(b) for b in host]
-  return compare_torch.JaxStep(config, host), metrics.step_flops(config)
+  return compare_torch.JaxStep(plan, host), plan.step_flops
 
 
 def parse_xla(item: str) -> tuple[str, object]:

@@ -61,7 +61,6 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from terrafm_jax.data import modality_groups  # noqa: E402
 from terrafm_jax.data.contract import DEFAULT_CONTRACT, MODALITIES  # noqa: E402
 from terrafm_jax.models import terrafm, variants  # noqa: E402
 from terrafm_jax.train import data_source, metrics, optim, schedules, sharding  # noqa: E402
@@ -147,8 +146,8 @@ def xla_flops(compiled) -> float | None:
 class JaxStep:
   """The project's jitted, donated train step, built as bench/train_step.py builds it."""
 
-  def __init__(self, config, host_batches):
-    self.config = config
+  def __init__(self, plan, host_batches):
+    config = self.config = plan.config
     mesh = sharding.make_mesh(config.mesh)
     rules = sharding.logical_rules(config)
     model = terrafm.build_dino(config.model)
@@ -157,7 +156,8 @@ class JaxStep:
     param_init = state_lib.make_param_init_fn(model, config, n_shards,
                                               DEFAULT_CONTRACT.num_channels)
     rng = jax.random.PRNGKey(config.seed)
-    tx = optim.make_optimizer(config, sharding.unbox(jax.eval_shape(param_init, rng)), scheds)
+    tx = optim.make_optimizer(config, sharding.unbox(jax.eval_shape(param_init, rng)), scheds,
+                              idle=plan.idle)
     init = state_lib.make_state_init_fn(param_init, tx, config.model.head.out_dim)
     sh = state_lib.state_shardings(param_init, tx, rng, mesh, rules)
     with jax.set_mesh(mesh):
@@ -165,13 +165,10 @@ class JaxStep:
     self.n_params = int(sum(x.size for x in jax.tree.leaves(self.state.student)))
     self.batches = [sharding.global_batch({k: b[k] for k in data_source.step_keys(config)}, mesh)
                     for b in host_batches]
-    fn = jax.jit(step_lib.make_train_step(model, tx, scheds, config, DEFAULT_CONTRACT),
+    fn = jax.jit(step_lib.make_train_step(model, tx, scheds, plan, DEFAULT_CONTRACT),
                  in_shardings=(sh, {k: v.sharding for k, v in self.batches[0].items()}),
                  donate_argnums=(0,))
-    block = data_source.group_block(config)
-    quotas = (modality_groups.family_quotas(data_source.crop_config(config), block) if block
-              else {"all": None})
-    mods = views_lib.needed_modalities(quotas)
+    mods = plan.modalities_run
     views_fn = jax.jit(lambda b: views_lib.make_views(b, DEFAULT_CONTRACT, config.data,
                                                       jnp.dtype(config.model.dtype), mods))
     with jax.set_mesh(mesh), __import__("flax").linen.logical_axis_rules(rules):
@@ -209,13 +206,14 @@ def make_torch_step(config):
       freeze_last_layer=o.freeze_last_layer_epochs > 0, seed=config.seed)
 
 
-def train_steps(config, host_batches, n_steps: int, warmup: int) -> dict:
+def train_steps(plan, host_batches, n_steps: int, warmup: int) -> dict:
   """JAX and PyTorch steps interleaved so that load from other processes on a shared machine hits
   both sides alike: each timed call is preceded by one untimed call of the same side (J', J, T',
   T, J', J, ...). Why the untimed call: the first call after a switch of framework runs ~20-40 %
   slower on this 2-core machine (the other runtime's worker threads are still spinning / the
   caches are cold), which a strict J, T, J, T alternation charges to both sides unevenly."""
-  j = JaxStep(config, host_batches)
+  config = plan.config
+  j = JaxStep(plan, host_batches)
   print(f"  JAX compile {j.compile_s:.1f} s; {j.n_params / 1e6:.2f} M student params; "
         f"XLA flops/step {j.flops}", flush=True)
   t = make_torch_step(config)
@@ -395,17 +393,17 @@ def main():
     if args.skip_step:
       break
     config = load_config(variant, args)
-    data = data_source.make_train_data(config, "/tmp/terrafm_bench")
-    config = trainer.resolve_config(config, data.num_examples)
-    host = [single_modality(next(data.iterator)) for _ in range(2)]
+    plan, _, it = data_source.open_run(config, "/tmp/terrafm_bench")
+    config = plan.config
+    host = [single_modality(next(it)) for _ in range(2)]
     print(f"[{variant}] train step (JAX and PyTorch interleaved) ...", flush=True)
-    r = train_steps(config, host, args.steps, args.warmup)
+    r = train_steps(plan, host, args.steps, args.warmup)
     print(f"[{variant}] loss JAX {r['jax_loss']:.4f} (finite {r['jax_finite']}), "
           f"PyTorch {r['torch_loss']:.4f}", flush=True)
     extra = {k: r[k] for k in ("jax_loss", "torch_loss", "jax_compile_s", "jax_xla_flops",
                                "jax_student_params", "torch_student_params")}
     rows.append(row(variant, "train step", r["jax"], r["torch"], K=config.model.head.out_dim,
-                    jax_model_flops=metrics.step_flops(config),
+                    jax_model_flops=plan.step_flops,
                     torch_model_flops=released_step_flops(config), jax_cpu_s=r["jax_cpu"],
                     torch_cpu_s=r["torch_cpu"], **extra))
     rows.append(row(variant, "crops+normalise (in step)", r["jax_crops"], r["torch_crops"]))

@@ -25,7 +25,7 @@ sys.path[:0] = [p for p in (_ROOT, os.path.join(_ROOT, "bench")) if p not in sys
 import jax  # noqa: E402
 
 import compare_torch  # noqa: E402  (bench/ helper: the same step and batch)
-from terrafm_jax.train import data_source, trainer  # noqa: E402
+from terrafm_jax.train import data_source  # noqa: E402
 
 
 def op_events(trace_dir: str):
@@ -82,10 +82,10 @@ def main():
   args = p.parse_args()
 
   config = compare_torch.load_config(args.variant, args)
-  data = data_source.make_train_data(config, "/tmp/terrafm_bench")
-  config = trainer.resolve_config(config, data.num_examples)
-  host = [compare_torch.single_modality(next(data.iterator)) for _ in range(2)]
-  step = compare_torch.JaxStep(config, host)
+  plan, _, it = data_source.open_run(config, "/tmp/terrafm_bench")
+  config = plan.config
+  host = [compare_torch.single_modality(next(it)) for _ in range(2)]
+  step = compare_torch.JaxStep(plan, host)
   print(f"[{args.variant}] compiled in {step.compile_s:.1f} s; XLA flops/step {step.flops:.4g}",
         flush=True)
   hlo = step.compiled.as_text()

@@ -30,22 +30,22 @@ def main(_):
   config.data.source = "random"
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.logical_rules(config)
-  data = data_source.make_train_data(config, "/tmp/terrafm_bench")
-  it, n = data.iterator, data.num_examples
-  config = trainer.resolve_config(config, n)
+  plan, _, it = data_source.open_run(config, "/tmp/terrafm_bench")
+  config = plan.config
   model = terrafm.build_dino(config.model)
   scheds = schedules.make_schedules(config)
   n_shards = mesh.shape["data"] * mesh.shape["fsdp"]
   param_init = state_lib.make_param_init_fn(model, config, n_shards, DEFAULT_CONTRACT.num_channels)
   rng = jax.random.PRNGKey(0)
-  tx = optim.make_optimizer(config, sharding.unbox(jax.eval_shape(param_init, rng)), scheds)
+  tx = optim.make_optimizer(config, sharding.unbox(jax.eval_shape(param_init, rng)), scheds,
+                            idle=plan.idle)
   init = state_lib.make_state_init_fn(param_init, tx, config.model.head.out_dim)
   sh = state_lib.state_shardings(param_init, tx, rng, mesh, rules)
   with jax.set_mesh(mesh):
     st = state_lib.create_sharded_state(init, sh, rng, rules)
   batches = [sharding.global_batch({k: b[k] for k in data_source.step_keys(config)}, mesh)
              for b in (next(it), next(it))]
-  fn = jax.jit(step_lib.make_train_step(model, tx, scheds, config, DEFAULT_CONTRACT),
+  fn = jax.jit(step_lib.make_train_step(model, tx, scheds, plan, DEFAULT_CONTRACT),
                in_shardings=(sh, {k: v.sharding for k, v in batches[0].items()}),
                donate_argnums=(0,))
   with jax.set_mesh(mesh), __import__("flax").linen.logical_axis_rules(rules):
@@ -63,7 +63,7 @@ def main(_):
   jax.block_until_ready(m)
   dt = (time.time() - t0) / _STEPS.value
   nd = jax.device_count()
-  flops = metrics.step_flops(config)
+  flops = plan.step_flops
   peak = metrics.peak_flops_per_device(config)
   print(f"{jax.devices()[0].device_kind} x{nd}: {dt * 1e3:.1f} ms/step, "
         f"{config.global_batch_size / dt / nd:.1f} img/s/device, "

@@ -10,12 +10,12 @@ import dataclasses
 from typing import Any, Callable
 
 import jax
-import ml_collections
 import optax
 
 from terrafm_jax.data.contract import InputContract
 from terrafm_jax.models import terrafm
 from terrafm_jax.train import optim as optim_lib
+from terrafm_jax.train import run_plan
 from terrafm_jax.train import schedules as schedules_lib
 from terrafm_jax.train import sharding as sharding_lib
 from terrafm_jax.train import state as state_lib
@@ -36,9 +36,9 @@ class RunParts:
     return state_lib.abstract_state(self.state_init, self.shardings, self.rng)
 
 
-def build(config: ml_collections.ConfigDict, contract: InputContract,
-          mesh: jax.sharding.Mesh) -> RunParts:
-  """`config` resolved (total_steps set); nothing is allocated on any device."""
+def build(plan: run_plan.RunPlan, contract: InputContract, mesh: jax.sharding.Mesh) -> RunParts:
+  """The run's parts from its plan; nothing is allocated on any device."""
+  config = plan.config
   rules = sharding_lib.logical_rules(config)
   n_batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
   model = terrafm.build_dino(config.model)
@@ -46,10 +46,10 @@ def build(config: ml_collections.ConfigDict, contract: InputContract,
   param_init = state_lib.make_param_init_fn(model, config, n_batch_shards, contract.num_channels)
   rng = jax.random.PRNGKey(config.seed)
   abstract_params = sharding_lib.unbox(jax.eval_shape(param_init, rng))
-  tx = optim_lib.make_optimizer(config, abstract_params, scheds)
+  tx = optim_lib.make_optimizer(config, abstract_params, scheds, idle=plan.idle)
   state_init = state_lib.make_state_init_fn(param_init, tx, config.model.head.out_dim)
   shardings = state_lib.state_shardings(param_init, tx, rng, mesh, rules)
-  train_step = step_lib.make_train_step(model, tx, scheds, config, contract)
+  train_step = step_lib.make_train_step(model, tx, scheds, plan, contract)
   return RunParts(model, param_init, tx, state_init, shardings, rng, train_step)
 
 

@@ -28,50 +28,12 @@ from etils import epath
 
 from terrafm_jax.data import real_scenes
 from terrafm_jax.data.contract import DEFAULT_CONTRACT, MODALITIES, InputContract
-from terrafm_jax.errors import ConfigError
+from terrafm_jax.train import run_plan
 from terrafm_jax.train import workdir as workdir_lib
 
 # Keys the train step consumes (tile_index stays on the host).
 STEP_KEYS = MODALITIES + ("boxes", "flip", "student_masks", "teacher_masks", "label")
 GROUP_KEYS = ("student_groups", "teacher_groups", "student_valid", "teacher_valid")
-
-
-def crop_config(config: ml_collections.ConfigDict):
-  """config.data -> crops.CropConfig (the host's crop plan and modality draws)."""
-  from terrafm_jax.data import crops as crops_lib  # pylint: disable=g-import-not-at-top
-  d = config.data
-  return crops_lib.CropConfig(
-      n_global=d.n_global, global_size=d.global_size, global_scale=tuple(d.global_scale),
-      n_local=d.n_local, local_size=d.local_size, local_scale=tuple(d.local_scale),
-      ratio=tuple(d.ratio), flip_p=d.flip_p, modality_reading=d.modality_reading,
-      single_p=d.single_p, keep_p=d.keep_p, granularity=d.granularity,
-      modalities=tuple(d.modalities))
-
-
-def group_block(config: ml_collections.ConfigDict, device_count: int | None = None) -> int:
-  """Samples per modality-group block (data/modality_groups.py); 0 = grouping off.
-
-  The block is a config value, not derived from the device count, so the modality plan of a
-  global batch is the same on any topology (exact resume onto other device or process counts).
-  It must divide the per-shard batch (global batch / (mesh data x fsdp)), so that no block spans
-  two devices and the step's per-group gathers stay on each device."""
-  d = config.data
-  if not d.modality_groups:
-    return 0
-  if d.granularity != "sample":
-    raise ConfigError("config.data.modality_groups=True needs config.data.granularity='sample' "
-                      f"(got {d.granularity!r}); set modality_groups=False for per-batch draws")
-  from terrafm_jax.train import sharding  # pylint: disable=g-import-not-at-top
-  shape = dict(zip(sharding.MESH_AXES,
-                   sharding.mesh_shape(config.mesh, device_count or jax.device_count())))
-  per_shard = config.global_batch_size // (shape["data"] * shape["fsdp"])
-  block = int(d.group_block)
-  if block <= 0 or per_shard % block:
-    raise ConfigError(f"config.data.group_block={block} must be a positive divisor of the "
-                      f"per-shard batch of {per_shard} samples (global_batch_size "
-                      f"{config.global_batch_size} / mesh data x fsdp "
-                      f"{shape['data'] * shape['fsdp']}); or set config.data.modality_groups=False")
-  return block
 
 
 def step_keys(config: ml_collections.ConfigDict) -> tuple[str, ...]:
@@ -81,12 +43,13 @@ def step_keys(config: ml_collections.ConfigDict) -> tuple[str, ...]:
 class RandomBatches(Iterator[dict[str, np.ndarray]]):
   """Batch i is a pure function of (seed, process, i): resumable by storing i."""
 
-  def __init__(self, config: ml_collections.ConfigDict, process_index: int, process_count: int):
-    self.c = config
-    self.local_batch = config.global_batch_size // process_count
+  def __init__(self, plan: run_plan.RunPlan, process_index: int, process_count: int):
+    self.c = plan.config
+    self.crops = plan.crops
+    self.local_batch = self.c.global_batch_size // process_count
     self.process_index = process_index
     self.index = 0
-    self.block = group_block(config)
+    self.block = plan.group_block
 
   # Bytes, like grain.DataLoaderIterator, so Grain's Orbax handler stores it unchanged.
   def get_state(self) -> bytes:
@@ -135,7 +98,7 @@ class RandomBatches(Iterator[dict[str, np.ndarray]]):
     if self.block:
       from terrafm_jax.data import modality_groups  # pylint: disable=g-import-not-at-top
       first = (self.index - 1) * self.c.global_batch_size + self.process_index * b
-      out = modality_groups.balance_batch(out, crop_config(self.c), self.block, self.c.seed, first)
+      out = modality_groups.balance_batch(out, self.crops, self.block, self.c.seed, first)
     return out
 
 
@@ -146,7 +109,9 @@ def _random_labels(seed: int, process_index: int, index: int, n: int) -> np.ndar
 
 @dataclasses.dataclass
 class TrainData:
-  iterator: Any                    # next() -> this process' batch; get_state / set_state
+  # start(plan) -> the iterator: next() -> this process' batch; get_state / set_state. The run
+  # plan needs the data's size, and the iterator the plan's crops and group block.
+  start: Callable[[Any], Any]
   num_examples: int
   contract: InputContract          # the run's one contract (normalisation and S1 nodata fill)
   labelled_fraction: float         # share of tiles with a land-cover label (dual centering)
@@ -251,8 +216,8 @@ def make_train_data(config: ml_collections.ConfigDict, workdir: str) -> TrainDat
       return np.concatenate([_random_labels(config.seed, p, i + 1, local)
                              for i in range(start, stop) for p in range(pc)] or [np.zeros(0)])
 
-    return TrainData(RandomBatches(config, pi, pc), n, resolve_contract(config, None), 1.0,
-                     random_labels, "random tiles (config.data.source='random')")
+    return TrainData(lambda plan: RandomBatches(plan, pi, pc), n, resolve_contract(config, None),
+                     1.0, random_labels, "random tiles (config.data.source='random')")
   if config.data.source != "pipeline":
     raise ValueError(f"config.data.source must be 'pipeline' or 'random', got "
                      f"{config.data.source!r}")
@@ -262,20 +227,22 @@ def make_train_data(config: ml_collections.ConfigDict, workdir: str) -> TrainDat
   data_dir = d.data_dir or _ensure_builtin(config, workdir)
   prepared = pipeline.load_prepared(data_dir)
   contract = resolve_contract(config, prepared.contract)
-  crops = crop_config(config)
   sampling = sampling_lib.SamplingConfig(**{
       k: tuple(v) if isinstance(v, list) else v for k, v in d.sampling.to_dict().items()})
-  it = pipeline.make_train_iterator(
-      data_dir, global_batch_size=g, seed=config.seed, crops=crops, sampling=sampling,
-      process_index=pi, process_count=pc, worker_count=d.worker_count, contract=contract,
-      group_block=group_block(config))
+
+  def start(plan: run_plan.RunPlan):
+    return pipeline.make_train_iterator(
+        data_dir, global_batch_size=g, seed=config.seed, crops=plan.crops, sampling=sampling,
+        process_index=pi, process_count=pc, worker_count=d.worker_count, contract=contract,
+        group_block=plan.group_block)
+
   sampler = pipeline.make_sampler(prepared, sampling, config.seed)
   labels = prepared.index["label"].to_numpy(np.int64)
   n = d.num_examples if d.num_examples > 0 else prepared.num_records
   known = labels[(labels >= 0) & (labels < 11)]
   natural = np.bincount(known, minlength=11) / max(len(known), 1) if len(known) else None
   return TrainData(
-      it, n, contract, float((labels >= 0).mean()) if len(labels) else 0.0,
+      start, n, contract, float((labels >= 0).mean()) if len(labels) else 0.0,
       lambda start, stop: pipeline.global_batch_labels(sampler, g, start, stop),
       f"{prepared.dataset_dir} ({prepared.num_records} tiles)", natural)
 
@@ -286,3 +253,12 @@ def describe(it: Any) -> str:
     return (state.decode() if isinstance(state, bytes) else json.dumps(state))[:200]
   except Exception:  # pylint: disable=broad-except
     return type(it).__name__
+
+
+def open_run(config: ml_collections.ConfigDict, workdir: str,
+             device_count: int | None = None) -> tuple[run_plan.RunPlan, TrainData, Any]:
+  """Open the data, resolve the run plan on its size, start this process' iterator:
+  (plan, data, iterator)."""
+  data = make_train_data(config, workdir)
+  plan = run_plan.resolve(config, data.num_examples, device_count)
+  return plan, data, data.start(plan)

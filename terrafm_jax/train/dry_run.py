@@ -32,7 +32,7 @@ from terrafm_jax.data import prepare_options
 from terrafm_jax.train import assemble
 from terrafm_jax.train import data_source
 from terrafm_jax.train import default_config
-from terrafm_jax.train import metrics as metrics_lib
+from terrafm_jax.train import run_plan
 from terrafm_jax.train import sharding as sharding_lib
 
 # HBM per chip in GiB, by the device kind libtpu reports (Cloud TPU documentation).
@@ -133,7 +133,8 @@ def abstract_batch(config: ml_collections.ConfigDict, mesh, tile_size: int) -> d
   probe.data.builtin.tile_size = tile_size
   probe.global_batch_size = max(int(config.data.group_block), 1) * jax.device_count()
   probe.mesh.data, probe.mesh.fsdp, probe.mesh.model = -1, 1, 1
-  one = next(data_source.RandomBatches(probe, 0, 1))
+  probe_plan = run_plan.resolve(probe, probe.global_batch_size, jax.device_count())
+  one = next(data_source.RandomBatches(probe_plan, 0, 1))
   return {k: jax.ShapeDtypeStruct((config.global_batch_size,) + one[k].shape[1:], one[k].dtype,
                                   sharding=sharding_lib.batch_sharding(mesh, one[k].ndim))
           for k in data_source.step_keys(config)}
@@ -179,23 +180,20 @@ def run(config: ml_collections.ConfigDict, topology_name: str, workdir: str | No
   default_config.validate(config)
   topology, devices = topology_devices(topology_name)
   mesh = sharding_lib.make_mesh(config.mesh, devices)
-  shards = mesh.shape["data"] * mesh.shape["fsdp"]
-  if config.global_batch_size % shards:
-    raise default_config.ConfigError(
-        f"config.global_batch_size={config.global_batch_size} is not divisible by the {shards} "
-        f"batch shards of mesh {dict(mesh.shape)} on {topology}")
-  data_source.group_block(config, len(devices))  # the per-shard batch fits the modality blocks
   if config.data.num_examples > 0:
     num_examples = config.data.num_examples
   else:  # schedules only need a length; the compiled step is the same for any
     num_examples = 1000 * config.global_batch_size
-  from terrafm_jax.train import trainer  # pylint: disable=g-import-not-at-top
-  config = trainer.resolve_config(config, num_examples)
+  try:  # the same plan the trainer resolves, on this topology's chips
+    plan = run_plan.resolve(config, num_examples, len(devices))
+  except default_config.ConfigError as e:
+    raise default_config.ConfigError(f"{e} (on {topology})") from None
+  config = plan.config
   if tile_size is None:
     tile_size = (config.data.builtin.tile_size if config.data.builtin.enabled
                  else prepare_options.PrepareOptions.tile_size)
   contract = contract_lib.DEFAULT_CONTRACT
-  parts = assemble.build(config, contract, mesh)
+  parts = assemble.build(plan, contract, mesh)
   batch = abstract_batch(config, mesh, tile_size)
   state = parts.abstract_state()
   rules = sharding_lib.logical_rules(config)
@@ -220,7 +218,7 @@ def run(config: ml_collections.ConfigDict, topology_name: str, workdir: str | No
   report = Report(topology=topology, device_kind=kind, num_chips=len(devices),
                   mesh=dict(mesh.shape), global_batch=config.global_batch_size,
                   compile_s=compile_s, memory_gib=memory, hbm_gib=hbm_gib(kind),
-                  model_flops=metrics_lib.step_flops(config),
+                  model_flops=plan.step_flops,
                   compiled_flops_per_chip=(cost or {}).get("flops"),
                   collectives=collectives(hlo), attention=attention_form(hlo),
                   dot_dtypes=dot_dtypes(hlo), hlo_path=hlo_path)

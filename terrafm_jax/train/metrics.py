@@ -26,7 +26,6 @@ The released single-modality path (`fused=False`) has one stem, proj1-3 and no f
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Mapping
 
 import jax
@@ -95,31 +94,28 @@ def head_flops(model_cfg: ml_collections.ConfigDict) -> float:
                 + h.hidden_dim * h.bottleneck_dim + h.bottleneck_dim * h.out_dim)
 
 
-def _family_flops(config, img_size: int, views: int, family: str) -> float:
+def _family_flops(config, img_size: int, views: int, sizes, block: int) -> float:
   """Forward FLOPs of one sample's `views` views of a family, as the step runs them: with
-  modality groups each group's own path (data/modality_groups.py quotas), else the masked path
-  (every stem and the fusion) for every view."""
-  from terrafm_jax.data import modality_groups  # pylint: disable=g-import-not-at-top
-  from terrafm_jax.train import data_source  # pylint: disable=g-import-not-at-top
+  modality groups each group's own path (`sizes`: the family's group sizes of one block), else
+  the masked path (every stem and the fusion) for every view."""
   mc = config.model
   head = head_flops(mc)
-  block = data_source.group_block(config)
-  if not block:
+  if not block or sizes is None:
     return views * (encoder_forward_flops(mc, img_size) + head)
-  sizes = modality_groups.family_quotas(data_source.crop_config(config), block)[family]
   channels = (2, 12, 12)
   per = [encoder_forward_flops(mc, img_size, fused=False, channels=c) for c in channels]
   per.append(encoder_forward_flops(mc, img_size, fused=True))
   return sum(n * (f + head) for n, f in zip(sizes, per)) / block
 
 
-def step_flops(config: ml_collections.ConfigDict) -> float:
+def step_flops(config: ml_collections.ConfigDict, quotas, block: int) -> float:
   """Model FLOPs of one train step over the global batch (see the module docstring): what the
-  step runs, so the logged MFU counts no work that is skipped and skips none that runs."""
+  step runs, so the logged MFU counts no work that is skipped and skips none that runs.
+  `quotas` / `block`: the run plan's group sizes per view family and group block."""
   dc = config.data
-  teacher = _family_flops(config, dc.global_size, dc.n_global, "teacher")
-  student = (_family_flops(config, dc.global_size, dc.n_global, "student_global")
-             + _family_flops(config, dc.local_size, dc.n_local, "student_local"))
+  teacher = _family_flops(config, dc.global_size, dc.n_global, quotas["teacher"], block)
+  student = (_family_flops(config, dc.global_size, dc.n_global, quotas["student_global"], block)
+             + _family_flops(config, dc.local_size, dc.n_local, quotas["student_local"], block))
   student_calls = 2 if dc.n_local else 1
   products = 1 + 1 + 2 * student_calls  # teacher, student forward, student backward per call
   return float(config.global_batch_size * (3 * student + teacher)

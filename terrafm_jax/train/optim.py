@@ -169,18 +169,20 @@ def idle_param_mask(params: Any, unused_modalities: Sequence[str], fusion_idle: 
 
 
 def make_optimizer(config: ml_collections.ConfigDict, params: Any,
-                   scheds: schedules_lib.Schedules) -> optax.GradientTransformation:
-  """The full optimizer. `params` may be abstract (shapes only); it is used for the masks."""
+                   scheds: schedules_lib.Schedules,
+                   idle: tuple[tuple[str, ...], bool] = ((), False)
+                   ) -> optax.GradientTransformation:
+  """The full optimizer. `params` may be abstract (shapes only); it is used for the masks.
+  `idle`: (stems, fusion) the step never runs (RunPlan.idle)."""
   o = config.optim
   wd_mask = weight_decay_mask(params, o.wd_exclude_regex, o.wd_include_regex)
-  if config.get("data") is not None:
+  if idle[0] or idle[1]:
     # Parameters the step never runs (modality groups: stems and the fusion no group uses) get
     # zero gradients; PyTorch leaves their grad None, so AdamW neither moves nor decays them.
     # Without decay here they stay exactly at their values too (zero gradients keep their Adam
     # moments at 0), ready for a later multi-modal run.
-    from terrafm_jax.train import views  # pylint: disable=g-import-not-at-top
-    idle = idle_param_mask(params, *views.never_run(config))
-    wd_mask = jax.tree.map(lambda d, i: d and not i, wd_mask, idle)
+    idle_mask = idle_param_mask(params, *idle)
+    wd_mask = jax.tree.map(lambda d, i: d and not i, wd_mask, idle_mask)
   freeze_steps = int(round(o.freeze_last_layer_epochs * config.steps_per_epoch))
   if freeze_steps > 0:
     rx = re.compile(o.freeze_regex)

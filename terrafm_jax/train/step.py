@@ -13,10 +13,10 @@ from typing import Any, Callable, Mapping
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 
 from terrafm_jax.data.contract import InputContract
+from terrafm_jax.train import run_plan
 from terrafm_jax.train import loss as loss_lib
 from terrafm_jax.train import schedules as schedules_lib
 from terrafm_jax.train import views as views_lib
@@ -28,14 +28,15 @@ def tree_norm(tree: Any) -> jax.Array:
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
-                    scheds: schedules_lib.Schedules, config: ml_collections.ConfigDict,
+                    scheds: schedules_lib.Schedules, plan: run_plan.RunPlan,
                     contract: InputContract) -> Callable[[TrainState, Mapping[str, jax.Array]],
                                                           tuple[TrainState, dict[str, jax.Array]]]:
+  config = plan.config
   d = config.dino
   compute_dtype = jnp.dtype(config.model.dtype)
   use_drop_path = config.model.drop_path_rate > 0
   # Static per-block group sizes of each view family (data/modality_groups.py), or None.
-  quotas = views_lib.group_quotas(config)
+  quotas = plan.quotas
 
   def grouped(groups, family):
     return {} if quotas[family] is None else {"groups": groups, "group_sizes": quotas[family]}
@@ -46,7 +47,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     k_global, k_local = jax.random.split(key)
     # The jitter's key is folded from the step key, so the split above (drop path) is unchanged.
     views = views_lib.make_views(batch, contract, config.data, compute_dtype,
-                                 modalities=views_lib.needed_modalities(quotas),
+                                 modalities=plan.modalities_run,
                                  key=jax.random.fold_in(key, 0x5EC7))
     b = batch["label"].shape[0]
 

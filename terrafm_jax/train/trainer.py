@@ -14,12 +14,10 @@ from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
 
-from terrafm_jax.data.contract import InputContract
 from terrafm_jax.train import assemble
 from terrafm_jax.train import checkpoint as ckpt_lib
 from terrafm_jax.train import console
@@ -74,18 +72,6 @@ class _Preemption:
     return self.requested
 
 
-def resolve_config(config: ml_collections.ConfigDict,
-                   num_examples: int) -> ml_collections.ConfigDict:
-  """Fill steps_per_epoch / total_steps from the dataset size; returns a locked copy."""
-  c = ml_collections.ConfigDict(config.to_dict())
-  if c.steps_per_epoch <= 0:
-    c.steps_per_epoch = max(num_examples // c.global_batch_size, 1)
-  if c.total_steps <= 0:
-    c.total_steps = int(round(c.num_epochs * c.steps_per_epoch))
-  c.lock()
-  return c
-
-
 def compiler_options(config: ml_collections.ConfigDict, platform: str) -> dict[str, Any] | None:
   """The train step's XLA options: config.xla_cpu_options when compiling for CPU, else none."""
   opts = dict(config.xla_cpu_options)
@@ -131,30 +117,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   mesh = sharding_lib.make_mesh(config.mesh)
   rules = sharding_lib.logical_rules(config)
-  n_batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
-  if config.global_batch_size % n_batch_shards:
-    raise default_config.ConfigError(
-        f"config.global_batch_size={config.global_batch_size} is not divisible by the "
-        f"{n_batch_shards} batch shards of mesh {dict(mesh.shape)}")
   logging.info("mesh %s on %d devices (%d processes), platform %s", dict(mesh.shape),
                jax.device_count(), jax.process_count(), jax.devices()[0].platform)
   console.say(f"{config.model.variant} on {jax.device_count()} {jax.devices()[0].platform} "
               f"device(s), {jax.process_count()} process(es), mesh {dict(mesh.shape)}; "
               f"workdir {workdir}")
 
-  data = data_source.make_train_data(config, str(workdir))
-  data_iter, num_examples, contract = data.iterator, data.num_examples, data.contract
+  # The run plan (train/run_plan.py): steps, group block and quotas, modalities and parameters
+  # the step runs, crops, FLOPs; derived and validated once, on the opened data's size.
+  plan, data, data_iter = data_source.open_run(config, str(workdir))
+  num_examples, contract = data.num_examples, data.contract
   dual_centering = _check_landcover(config, data.labelled_fraction)
   logging.info("data: %s; input contract: %s", data.description,
                {m.name: m.stats_source for m in contract.modalities})
-  config = resolve_config(config, num_examples)
+  config = plan.config
   total_steps = config.total_steps
   logging.info("%d examples, %d steps/epoch, %d steps", num_examples, config.steps_per_epoch,
                total_steps)
   console.say(f"data: {data.description}; {num_examples} examples, global batch "
               f"{config.global_batch_size}, {total_steps} steps")
 
-  parts = assemble.build(config, contract, mesh)
+  parts = assemble.build(plan, contract, mesh)
   param_init, state_init, shardings, rng = (parts.param_init, parts.state_init, parts.shardings,
                                             parts.rng)
 
@@ -209,7 +192,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   exposure = metrics_lib.ClassExposure()
   for s0 in range(0, start_step, 1024):
     exposure.update(data.global_labels(s0, min(start_step, s0 + 1024)))
-  flops = metrics_lib.step_flops(config)
+  flops = plan.step_flops
   peak = metrics_lib.peak_flops_per_device(config)
   n_dev = jax.device_count()
   pending: tuple[int, Any] | None = None

@@ -45,43 +45,6 @@ def per_view(x: jax.Array, batch: int) -> jax.Array:
   return jnp.swapaxes(x.reshape((batch, -1) + x.shape[1:]), 0, 1)
 
 
-def needed_modalities(quotas: Mapping[str, tuple[int, ...] | None]) -> tuple[str, ...]:
-  """The modalities any view can use, from the static modality-group sizes of every family (None:
-  groups off, every modality): a modality whose single group and the fused group are empty in
-  every family is never read, so its tiles are neither normalised nor cropped."""
-  if any(q is None for q in quotas.values()):
-    return MODALITIES
-  if any(q[len(MODALITIES)] for q in quotas.values()):
-    return MODALITIES
-  return tuple(m for i, m in enumerate(MODALITIES) if any(q[i] for q in quotas.values()))
-
-
-def group_quotas(config: ml_collections.ConfigDict) -> dict[str, tuple[int, ...] | None]:
-  """Per view family, the static modality-group sizes of one block (data/modality_groups.py), or
-  None for every family when grouping is off."""
-  from terrafm_jax.data import modality_groups  # pylint: disable=g-import-not-at-top
-  from terrafm_jax.train import data_source  # pylint: disable=g-import-not-at-top
-  block = data_source.group_block(config)
-  if not block:
-    return {"teacher": None, "student_global": None, "student_local": None}
-  return modality_groups.family_quotas(data_source.crop_config(config), block)
-
-
-def never_run(config: ml_collections.ConfigDict) -> tuple[tuple[str, ...], bool]:
-  """(modalities whose stem the step never runs, whether it never runs the fusion).
-
-  With modality groups on, the group sizes are static: a modality with an empty single group in
-  every family, while every fused group is empty, has its stem and embedding left out of the
-  graph, as is the fusion when no fused view exists (their gradients are symbolic zeros, as
-  PyTorch's grad None). With groups off every stem and the fusion run on every view (masked)."""
-  quotas = group_quotas(config)
-  if any(q is None for q in quotas.values()):
-    return (), False
-  needed = needed_modalities(quotas)
-  fused = any(q[len(MODALITIES)] for q in quotas.values())
-  return tuple(m for m in MODALITIES if m not in needed), not fused
-
-
 def spectral_jitter(views: dict[str, jax.Array], key: jax.Array, contract: InputContract,
                     band_sigma: float, view_sigma: float) -> dict[str, jax.Array]:
   """Random gains on the optical views, drawn per (sample, view): log-normal per band (sigma

@@ -165,22 +165,23 @@ def test_grouped_patch_embedding_equals_masked_path():
 
 def test_group_block_must_divide_per_shard_batch():
   import importlib.util
-  from terrafm_jax.train import data_source
+  from terrafm_jax.train import run_plan
   from terrafm_jax.errors import ConfigError
   spec = importlib.util.spec_from_file_location("smoke", "configs/smoke.py")
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
   c = mod.get_config()
   c.global_batch_size, c.data.group_block = 32, 4
-  assert data_source.group_block(c, device_count=8) == 4
+  block = lambda devices: run_plan.resolve(c, 1000, device_count=devices).group_block
+  assert block(8) == 4
   c.data.group_block = 5
   with pytest.raises(ConfigError, match=r"config.data.group_block=5 .*per-shard batch of 32"):
-    data_source.group_block(c, device_count=1)
+    block(1)
   c.data.group_block, c.data.granularity = 4, "batch"
   with pytest.raises(ConfigError, match="granularity"):
-    data_source.group_block(c, device_count=1)
+    block(1)
   c.data.modality_groups = False
-  assert data_source.group_block(c, device_count=1) == 0
+  assert block(1) == 0
 
 
 def test_dropped_views_leave_loss_and_centers_untouched():
@@ -219,13 +220,13 @@ def test_only_needed_modalities_are_cropped():
   import jax
   import jax.numpy as jnp
   from terrafm_jax.models.terrafm import TerraFMEncoder
-  from terrafm_jax.train import views as views_lib
+  from terrafm_jax.train import run_plan, views as views_lib
   one = crops_lib.CropConfig(modalities=("s2_l1c",))
   q = mg.family_quotas(one, 4)
-  assert views_lib.needed_modalities(q) == ("s2_l1c",)
-  assert views_lib.needed_modalities(mg.family_quotas(crops_lib.CropConfig(), 4)) == \
+  assert run_plan.needed_modalities(q) == ("s2_l1c",)
+  assert run_plan.needed_modalities(mg.family_quotas(crops_lib.CropConfig(), 4)) == \
       ("s1", "s2_l1c", "s2_l2a")
-  assert views_lib.needed_modalities({"x": None}) == ("s1", "s2_l1c", "s2_l2a")
+  assert run_plan.needed_modalities({"x": None}) == ("s1", "s2_l1c", "s2_l2a")
   # The grouped encoder runs on the L1C images alone when no group reads the others.
   enc = TerraFMEncoder(variant="Mu/8", img_size=32)
   x = jax.random.normal(jax.random.PRNGKey(0), (8, 32, 32, 12))

@@ -98,13 +98,14 @@ def env_for():
 
 
 # The smoke model's train step built the way the trainer builds it, for code run with run_python:
-# defines config, mesh, rules, data, model, scheds, tx, sh (state shardings), init, rng, keys
+# defines config, plan, mesh, rules, data, data_iter, model, scheds, tx, sh (state shardings),
+# init, rng, keys
 # (the batch keys the step reads). NUM_SHARDS: the mesh's data axis; OVERRIDES: config lines.
 STEP_SETUP = r"""
 import json
 import numpy as np
 import jax, flax
-from terrafm_jax.train import data_source, schedules, sharding, optim, trainer
+from terrafm_jax.train import data_source, schedules, sharding, optim
 from terrafm_jax.train import state as state_lib, step as step_lib
 from terrafm_jax.models import terrafm
 import importlib.util
@@ -116,13 +117,14 @@ config.mesh.data, config.mesh.fsdp = NUM_SHARDS, 1
 OVERRIDES
 mesh = sharding.make_mesh(config.mesh)
 rules = sharding.logical_rules(config)
-data = data_source.make_train_data(config, "/tmp/unused")
-config = trainer.resolve_config(config, data.num_examples)
+plan, data, data_iter = data_source.open_run(config, "/tmp/unused")
+config = plan.config
 model = terrafm.build_dino(config.model)
 scheds = schedules.make_schedules(config)
 param_init = state_lib.make_param_init_fn(model, config, NUM_SHARDS, data.contract.num_channels)
 rng = jax.random.PRNGKey(0)
-tx = optim.make_optimizer(config, sharding.unbox(jax.eval_shape(param_init, rng)), scheds)
+tx = optim.make_optimizer(config, sharding.unbox(jax.eval_shape(param_init, rng)), scheds,
+                          idle=plan.idle)
 init = state_lib.make_state_init_fn(param_init, tx, config.model.head.out_dim)
 sh = state_lib.state_shardings(param_init, tx, rng, mesh, rules)
 keys = data_source.step_keys(config)

@@ -13,7 +13,7 @@ jax = pytest.importorskip("jax")
 import jax.numpy as jnp  # noqa: E402
 
 from terrafm_jax.data.contract import DEFAULT_CONTRACT  # noqa: E402
-from terrafm_jax.train import assemble, data_source, sharding, state, trainer  # noqa: E402
+from terrafm_jax.train import assemble, data_source, run_plan, sharding, state  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STEPS = 4
@@ -25,12 +25,13 @@ def _run(dtype: str):
   spec.loader.exec_module(smoke)
   c = smoke.get_config("test")
   c.model.dtype = dtype
-  c = trainer.resolve_config(c, c.data.num_examples)
+  plan = run_plan.resolve(c, c.data.num_examples)
+  c = plan.config
   mesh = sharding.make_mesh(c.mesh)
-  parts = assemble.build(c, DEFAULT_CONTRACT, mesh)
+  parts = assemble.build(plan, DEFAULT_CONTRACT, mesh)
   with jax.set_mesh(mesh):
     st = state.create_sharded_state(parts.state_init, parts.shardings, parts.rng, None)
-  batches = data_source.RandomBatches(c, 0, 1)
+  batches = data_source.RandomBatches(plan, 0, 1)
   keys = data_source.step_keys(c)
   losses = []
   step = None

@@ -18,12 +18,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 CODE = r"""
 with jax.set_mesh(mesh):
   state = state_lib.create_sharded_state(init, sh, rng, rules)
-fn = jax.jit(step_lib.make_train_step(model, tx, scheds, config, data.contract))
+fn = jax.jit(step_lib.make_train_step(model, tx, scheds, plan, data.contract))
 host = lambda s: jax.tree.map(np.asarray, s)
 s0 = host(state.student)
 with jax.set_mesh(mesh), flax.linen.logical_axis_rules(rules):
   for _ in range(3):  # step 0 has learning rate 0 (warm-up)
-    local = next(data.iterator)
+    local = next(data_iter)
     state, metrics = fn(state, sharding.global_batch({k: local[k] for k in keys}, mesh))
 s3 = host(state.student)
 mu = host(optax.tree_utils.tree_get(state.opt_state, "mu"))
@@ -73,13 +73,15 @@ def _smoke(**data):
 
 
 def test_never_run_follows_the_static_groups(monkeypatch):
-  from terrafm_jax.train import views  # pylint: disable=g-import-not-at-top
+  from terrafm_jax.train import run_plan  # pylint: disable=g-import-not-at-top
   monkeypatch.chdir(REPO)
-  assert views.never_run(_smoke()) == ((), False)
-  assert views.never_run(_smoke(modalities=("s2_l1c",))) == (("s1", "s2_l2a"), True)
+  idle = lambda c: run_plan.resolve(c, 64, device_count=1).idle
+  assert idle(_smoke()) == ((), False)
+  assert idle(_smoke(modalities=("s2_l1c",))) == (("s1", "s2_l2a"), True)
+  assert run_plan.resolve(_smoke(modalities=("s2_l1c",)), 64, 1).modalities_run == ("s2_l1c",)
   # two modalities: fused views carry all three images, so every stem runs
-  assert views.never_run(_smoke(modalities=("s1", "s2_l2a"))) == ((), False)
-  assert views.never_run(_smoke(modalities=("s2_l1c",), modality_groups=False)) == ((), False)
+  assert idle(_smoke(modalities=("s1", "s2_l2a"))) == ((), False)
+  assert idle(_smoke(modalities=("s2_l1c",), modality_groups=False)) == ((), False)
 
 
 def test_idle_mask_names_the_stems_and_the_fusion():

@@ -9,13 +9,13 @@ import json
 CODE = r"""
 with jax.set_mesh(mesh):
   state = state_lib.create_sharded_state(init, sh, rng, rules)
-local = next(data.iterator)
+local = next(data_iter)
 good = sharding.global_batch({k: local[k] for k in keys}, mesh)
 poisoned = dict(local)
 for m in ("s1", "s2_l1c", "s2_l2a"):  # every modality, whatever the views draw
   poisoned[m] = np.full(local[m].shape, np.nan, np.float16)
 bad = sharding.global_batch({k: poisoned[k] for k in keys}, mesh)
-fn = jax.jit(step_lib.make_train_step(model, tx, scheds, config, data.contract))
+fn = jax.jit(step_lib.make_train_step(model, tx, scheds, plan, data.contract))
 host = lambda s: jax.tree.map(np.asarray, s)
 
 def same(a, b):

@@ -12,9 +12,9 @@ OVERRIDES = "config.global_batch_size = 48\nconfig.data.group_block = 6"  # 6 pe
 CODE = r"""
 import re
 state = state_lib.abstract_state(init, sh, rng)
-local = next(data.iterator)
+local = next(data_iter)
 batch = sharding.global_batch({k: local[k] for k in keys}, mesh)
-fn = jax.jit(step_lib.make_train_step(model, tx, scheds, config, data.contract),
+fn = jax.jit(step_lib.make_train_step(model, tx, scheds, plan, data.contract),
              in_shardings=(sh, {k: v.sharding for k, v in batch.items()}), donate_argnums=(0,))
 with jax.set_mesh(mesh), flax.linen.logical_axis_rules(rules):
   hlo = fn.lower(state, batch).compile().as_text()
