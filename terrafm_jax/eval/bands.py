@@ -105,6 +105,9 @@ def apply(plans: tuple[StemPlan, ...], sample: Mapping[str, np.ndarray],
     idx = np.asarray(p.source_index)
     picked = x[..., np.maximum(idx, 0)]
     normed = mc.normalize(picked)
+    if p.stem in _S2_STEMS:
+      # S2 nodata (DN 0) -> 0, the band mean, as the training step and the ONNX graphs map it.
+      normed = np.where(picked == 0, np.float32(0.0), normed).astype(np.float32)
     normed[..., idx < 0] = 0.0
     out[p.stem] = normed
   return out

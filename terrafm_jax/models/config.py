@@ -19,6 +19,7 @@ def get_model_config(variant: str = "B/16") -> ml_collections.ConfigDict:
   cfg.dtype = "float32"             # compute dtype: float32 | bfloat16
   cfg.param_dtype = "float32"
   cfg.remat = False                 # rematerialise each block in the backward pass
+  cfg.remat_policy = "full"         # with remat: "full" (save nothing in a block) | "dots"
   # Run the blocks as one jax.lax.scan over their stacked parameters: the compiler sees one block
   # instead of `depth`, which cuts compile time on accelerators. The parameter tree keeps its
   # blocks_{i} layout (checkpoints and conversion are unchanged); drop-path draws differ from the

@@ -47,6 +47,7 @@ class TerraFMEncoder(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   remat: bool = False
+  remat_policy: str = "full"
   attention_impl: str | None = None
   scan_layers: bool = False
 
@@ -122,7 +123,8 @@ class TerraFMEncoder(nn.Module):
     if self.scan_layers and not self.is_initializing():
       x, hidden = self._scanned_blocks(x, train, dpr, bool(out_indices))
     else:
-      block_cls = nn.remat(Block, static_argnums=(2,)) if self.remat else Block
+      block_cls = (nn.remat(Block, static_argnums=(2,), policy=_remat_policy(self.remat_policy))
+                   if self.remat else Block)
       hidden = []
       for i in range(depth):
         x = block_cls(dims["num_heads"], dims["mlp_dim"], dpr[i], dtype=dtype,
@@ -156,9 +158,23 @@ class TerraFMEncoder(nn.Module):
       return h, (h if keep_hidden else None)
 
     if self.remat:
-      body = jax.checkpoint(body, prevent_cse=False)
+      body = jax.checkpoint(body, prevent_cse=False, policy=_remat_policy(self.remat_policy))
     x, hidden = jax.lax.scan(body, x, (stacked, rates, keys))
     return x, (hidden if keep_hidden else [None] * depth)
+
+
+REMAT_POLICIES = ("full", "dots")
+
+
+def _remat_policy(name: str):
+  """model.remat_policy: "full" saves nothing inside a block (least memory, the forward runs
+  twice); "dots" saves the matmul outputs without batch dimensions (the projections and the MLP)
+  and recomputes the rest (norms, activations, attention's softmax)."""
+  if name == "full":
+    return None
+  if name == "dots":
+    return jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+  raise ValueError(f"model.remat_policy={name!r}: expected one of {REMAT_POLICIES}")
 
 
 class TerraFMDINO(nn.Module):
@@ -187,12 +203,16 @@ def build_encoder(cfg: ml_collections.ConfigDict, **overrides) -> TerraFMEncoder
   if cfg.get("attention_impl", "auto") not in ATTENTION_IMPLS:
     raise ValueError(f"model.attention_impl={cfg.attention_impl!r}: expected one of "
                      f"{', '.join(map(repr, ATTENTION_IMPLS))}")
+  if cfg.get("remat_policy", "full") not in REMAT_POLICIES:
+    raise ValueError(f"model.remat_policy={cfg.remat_policy!r}: expected one of "
+                     f"{', '.join(map(repr, REMAT_POLICIES))}")
   if not 0.0 <= cfg.drop_path_rate < 1.0:
     raise ValueError(f"model.drop_path_rate must be in [0, 1), got {cfg.drop_path_rate}")
   kwargs = dict(variant=cfg.variant, img_size=cfg.img_size, drop_path_rate=cfg.drop_path_rate,
                 fusion_queries=cfg.fusion_queries, fusion_heads=cfg.fusion_heads,
                 dtype=canonical_dtype(cfg.dtype), param_dtype=canonical_dtype(cfg.param_dtype),
-                remat=cfg.remat, attention_impl=cfg.get("attention_impl", None),
+                remat=cfg.remat, remat_policy=cfg.get("remat_policy", "full"),
+                attention_impl=cfg.get("attention_impl", None),
                 scan_layers=cfg.get("scan_layers", False))
   kwargs.update(overrides)
   return TerraFMEncoder(**kwargs)

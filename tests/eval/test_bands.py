@@ -88,6 +88,30 @@ def test_wrong_units_wrong_channels_and_nan_are_refused():
     bands.apply(plans, {"s2": bad}, DEFAULT_CONTRACT, "s.h5")
 
 
+def test_s2_nodata_zeros_normalise_as_the_training_step_does():
+  # DN 0 (S2 nodata) -> 0 after normalisation, exactly as the step's normalize_tiles; S1 keeps
+  # its plain normalisation (0 dB is a value, not nodata).
+  import jax.numpy as jnp
+  from terrafm_jax.train.device_crops import normalize_tiles
+  rng = np.random.default_rng(0)
+  order = DEFAULT_CONTRACT["s2_l2a"].bands
+  x = rng.integers(1, 5000, (6, 6, 12)).astype(np.float32)
+  x[:2, :3] = 0.0
+  x[4, 4, 5] = 0.0
+  s1 = rng.normal(-12, 3, (6, 6, 2)).astype(np.float32)
+  s1[0, 0] = 0.0
+  plans = bands.plan((StemMapping("s2_l2a", "s2"), StemMapping("s1", "s1")),
+                     {"s2": SourceGroup(order, "dn"), "s1": SourceGroup(("VV", "VH"), "db")},
+                     DEFAULT_CONTRACT)
+  out = bands.apply(plans, {"s2": x, "s1": s1}, DEFAULT_CONTRACT)
+  ref = normalize_tiles({"s2_l2a": jnp.asarray(x)[None], "s1": jnp.asarray(s1)[None]},
+                        DEFAULT_CONTRACT, ("s2_l2a", "s1"))
+  assert (out["s2_l2a"][x == 0] == 0).all() and (out["s2_l2a"][x != 0] != 0).all()
+  np.testing.assert_allclose(out["s2_l2a"], np.asarray(ref["s2_l2a"][0]), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(out["s1"], np.asarray(ref["s1"][0]), rtol=1e-6, atol=1e-6)
+  assert out["s1"][0, 0, 0] != 0
+
+
 def test_every_task_table_is_well_formed():
   for task in TASKS.values():
     assert task.stems, task.name

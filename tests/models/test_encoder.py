@@ -183,15 +183,15 @@ def test_remat_gives_identical_outputs_and_gradients(tiny):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("remat", [False, True])
-def test_scanned_blocks_match_the_unrolled_loop(tiny, remat):
+@pytest.mark.parametrize("remat,policy", [(False, "full"), (True, "full"), (True, "dots")])
+def test_scanned_blocks_match_the_unrolled_loop(tiny, remat, policy):
   # model.scan_layers runs the same parameter tree (blocks_{i}) as one lax.scan: the forward,
   # the intermediate layers and the gradients equal the unrolled loop's (to float rounding: XLA
   # fuses the scan body apart from its neighbours).
   _, params, _ = tiny
   x = images(2, mods=("s2_l1c", "s1"))
-  loop, scan = build_encoder(tiny_cfg(remat=remat)), build_encoder(tiny_cfg(remat=remat,
-                                                                            scan_layers=True))
+  loop = build_encoder(tiny_cfg(remat=remat, remat_policy=policy))
+  scan = build_encoder(tiny_cfg(remat=remat, remat_policy=policy, scan_layers=True))
   jaxpr = str(jax.make_jaxpr(lambda p: scan.apply({"params": p}, x))(params))
   assert jaxpr.count("scan[") == 1 and str(jax.make_jaxpr(
       lambda p: loop.apply({"params": p}, x))(params)).count("scan[") == 0
