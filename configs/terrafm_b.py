@@ -13,6 +13,12 @@ def get_config(arg: str | None = None):
   c.num_epochs = 150
   c.model.drop_path_rate = 0.1
   c.model.dtype = "bfloat16"
+  # One scanned block, rematerialised with the "dots" policy (matmul outputs kept, the rest
+  # recomputed): the TPU compile of the step takes about 2/3 of the unrolled one's time and needs
+  # less HBM (v5e-64: 207 s and 9.4 GiB per chip against 318 s and 10.8 GiB; README table).
+  c.model.scan_layers = True
+  c.model.remat = True
+  c.model.remat_policy = "dots"
   # 113 M parameters: plain data parallel fits every accelerator; use fsdp=-1, data=1 to shard the
   # optimizer state on small-memory chips.
   c.mesh.data, c.mesh.fsdp, c.mesh.model = -1, 1, 1

@@ -102,7 +102,7 @@ def test_s2_nodata_zeros_normalise_as_the_training_step_does():
   s1[0, 0] = 0.0
   plans = bands.plan((StemMapping("s2_l2a", "s2"), StemMapping("s1", "s1")),
                      {"s2": SourceGroup(order, "dn"), "s1": SourceGroup(("VV", "VH"), "db")},
-                     DEFAULT_CONTRACT)
+                     DEFAULT_CONTRACT, "test")
   out = bands.apply(plans, {"s2": x, "s1": s1}, DEFAULT_CONTRACT)
   ref = normalize_tiles({"s2_l2a": jnp.asarray(x)[None], "s1": jnp.asarray(s1)[None]},
                         DEFAULT_CONTRACT, ("s2_l2a", "s1"))

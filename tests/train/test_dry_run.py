@@ -32,8 +32,11 @@ def _config(**model):
 
 @pytest.fixture(scope="module")
 def auto_report(tmp_path_factory):
+  # The smoke model with the pod configs' block settings (configs/terrafm_b.py): one scanned,
+  # rematerialised block ("dots" policy).
   from terrafm_jax.train import dry_run
-  return dry_run.run(_config(), "v5e:2x2", str(tmp_path_factory.mktemp("dry")))
+  return dry_run.run(_config(scan_layers=True, remat=True, remat_policy="dots"), "v5e:2x2",
+                     str(tmp_path_factory.mktemp("dry")))
 
 
 def test_smoke_step_fits_v5e_with_xla_attention_and_no_activation_gathers(auto_report):
@@ -45,6 +48,7 @@ def test_smoke_step_fits_v5e_with_xla_attention_and_no_activation_gathers(auto_r
   assert r.collectives["all-reduce"][0] >= 1  # the gradient / metric reductions
   hlo = open(r.hlo_path).read()
   assert "terrafm_attention" not in hlo and "terrafm_resample" not in hlo  # CPU kernels stay CPU
+  assert " while(" in hlo  # the blocks run as one loop (model.scan_layers)
   # The dtype policy: the ViT's matmuls in bf16, the DINO head's softmax and loss in f32.
   assert r.dot_dtypes.get("bf16", 0) > 0 and r.dot_dtypes.get("f32", 0) > 0
   assert r.compile_s > 0 and r.model_flops > 0
