@@ -18,7 +18,6 @@ from terrafm_jax.data.contract import MODALITIES
 from terrafm_jax.errors import ConfigError
 from terrafm_jax.train import sharding as sharding_lib
 
-Quotas = dict[str, "tuple[int, ...] | None"]
 FAMILIES = ("teacher", "student_global", "student_local")
 
 
