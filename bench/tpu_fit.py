@@ -64,6 +64,26 @@ def dry_run(config: str, topology: str, batch: int, workdir: str, overrides=()) 
   return row
 
 
+_RESULTS = os.path.join(_ROOT, "bench", "results", "tpu_fit.json")
+
+
+def _load() -> dict:
+  if not os.path.exists(_RESULTS):
+    return {}
+  with open(_RESULTS) as f:
+    return {r["row"]: r for r in json.load(f).get("rows", [])}
+
+
+def _save(results) -> None:
+  """Rows of earlier runs that this one did not repeat are kept (one file for the whole table)."""
+  rows = _load()
+  rows.update({r["row"]: r for r in results})
+  os.makedirs(os.path.dirname(_RESULTS), exist_ok=True)
+  with open(_RESULTS, "w") as f:
+    json.dump({"host": os.uname().nodename, "cpus": os.cpu_count(),
+               "rows": [rows[k] for k in ROWS if k in rows]}, f, indent=1)
+
+
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated of {', '.join(ROWS)}")
@@ -71,41 +91,52 @@ def main() -> None:
                  help="1: double the batch per chip until it no longer fits")
   p.add_argument("--max_per_chip", type=int, default=128)
   p.add_argument("--workdir", default="/tmp/terrafm_tpu_fit")
+  p.add_argument("--reuse", type=int, default=0,
+                 help="1: take each row's own compile from bench/results/tpu_fit.json when it is "
+                      "there (same config, batch and overrides) and only run the search")
   args = p.parse_args()
+  stored = _load()
   results = []
   for name in args.rows.split(","):
     config, topology, batch, overrides = ROWS[name]
-    row = dry_run(config, topology, batch, args.workdir, overrides)
+    old = stored.get(name)
+    if (args.reuse and old and old["config"] == config and old["global_batch"] == batch
+        and old["overrides"] == list(overrides)):
+      row = dict(old)
+    else:
+      row = dry_run(config, topology, batch, args.workdir, overrides)
     row["row"] = name
     if args.search and row["fits"] and row.get("chips"):
       per_chip, largest = batch // row["chips"], batch // row["chips"]
       while per_chip * 2 <= args.max_per_chip:
         per_chip *= 2
         probe = dry_run(config, topology, per_chip * row["chips"], args.workdir, overrides)
+        row.setdefault("probes", []).append(
+            {k: probe.get(k) for k in ("global_batch", "fits", "hbm_per_chip_gib", "compile_s",
+                                       "error")})
         if not probe["fits"]:
           break
         largest = per_chip
       row["largest_per_chip"] = largest
+      # A probe that failed for another reason than memory leaves the figure a lower bound.
+      row["largest_is_bound"] = bool(row["probes"][-1].get("error")) or (
+          row["probes"][-1]["fits"])
     results.append(row)
     print(json.dumps(row), flush=True)
+    _save(results)  # after every row: a full table takes hours on a small host
   print("\n| job | slice (chips) | mesh | fits | HBM per chip | largest batch per chip | compile |")
   print("|---|---|---|---|---|---|---|")
   for r in results:
     print(f"| {os.path.basename(r['config'])} @ {r['global_batch']} | {r['topology']} "
           f"({r.get('chips', '?')}) | {r.get('mesh', '?')} | {'yes' if r['fits'] else 'no'} | "
           f"{r.get('hbm_per_chip_gib', '?')} / {r.get('capacity_gib', '?')} GiB | "
-          f"{r.get('largest_per_chip', '-')} | {r.get('compile_s', '?')} s |")
-  # Rows of earlier runs that this one did not repeat are kept (one file for the whole table).
-  path = os.path.join(_ROOT, "bench", "results", "tpu_fit.json")
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  old = {}
-  if os.path.exists(path):
-    with open(path) as f:
-      old = {r["row"]: r for r in json.load(f).get("rows", [])}
-  old.update({r["row"]: r for r in results})
-  with open(path, "w") as f:
-    json.dump({"host": os.uname().nodename, "cpus": os.cpu_count(),
-               "rows": [old[k] for k in ROWS if k in old]}, f, indent=1)
+          f"{_largest(r)} | {r.get('compile_s', '?')} s |")
+
+
+def _largest(r: dict) -> str:
+  if "largest_per_chip" not in r:
+    return "-"
+  return f"{'>= ' if r.get('largest_is_bound') else ''}{r['largest_per_chip']}"
 
 
 if __name__ == "__main__":
