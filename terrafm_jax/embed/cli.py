@@ -10,7 +10,7 @@
 
 Prints a JSON summary (this run's parts / rows, the merged counts of the output folder). Exit code 2
 for a bad flag, 1 for bad data, weights or an output folder made with other options (one line that
-names the file / row group), 75 when --debug_stop_after_parts stopped it.
+names the file / row group).
 """
 from __future__ import annotations
 

@@ -40,7 +40,6 @@ class EmbedOptions:
   seed: int = 0                        # random:<variant> weights
   step: int | None = None              # workdir weights
   progress: bool = True
-  debug_stop_after_parts: int = 0      # > 0: die (os._exit) after that many parts, mid next part
 
   def __post_init__(self):
     if self.modality not in MODALITIES:

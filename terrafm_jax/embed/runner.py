@@ -78,8 +78,7 @@ def _run_local(parts, opts: EmbedOptions, encoder, writer, info) -> dict[str, in
     for p in todo:
       table, result = embed_part(p, loaded, encoder, opts, info, on_cell=lambda: bar.update(1),
                                  on_batch=on_batch)
-      die = 0 < opts.debug_stop_after_parts == stats["parts_written"]
-      writer.write(p, table, result.to_json(), die_midway=die)
+      writer.write(p, table, result.to_json())
       stats["parts_written"] += 1
       stats["rows_written"] += table.num_rows
       stats["cells_skipped"] += result.counts["cells_skipped"]

@@ -78,18 +78,11 @@ class PartWriter:
         n += 1
     return n
 
-  def write(self, part: PartJob, table, result: Mapping[str, Any],
-            die_midway: bool = False) -> None:
-    """Sidecar first, then the part under a temporary name, then the rename that marks it done.
-
-    `die_midway` (debug: simulates a kill) exits the process after half of the rows are written."""
+  def write(self, part: PartJob, table, result: Mapping[str, Any]) -> None:
+    """Sidecar first, then the part under a temporary name, then the rename that marks it done."""
     _atomic_json(self.sidecar(part), {"part": part.name, "first_cell": part.first,
                                       "last_cell": part.last, **result})
     tmp = os.path.join(self.out, f".{part.name}.tmp-{os.getpid()}")
-    if die_midway:
-      with pq.ParquetWriter(tmp, table.schema) as w:
-        w.write_table(table.slice(0, max(table.num_rows // 2, 1)))
-        os._exit(75)  # pylint: disable=protected-access
     pq.write_table(table, tmp, compression="zstd")
     os.replace(tmp, self.path(part))
 

@@ -14,6 +14,7 @@ import json
 from typing import Any
 
 from terrafm_jax.train import console
+from terrafm_jax.train import hooks as hooks_lib
 from terrafm_jax.train.hooks import HookFactory, RunContext
 
 
@@ -35,7 +36,7 @@ class InLoopEval:
     return None if evaluator is None else _InLoopHook(ctx, evaluator)
 
 
-class _InLoopHook:
+class _InLoopHook(hooks_lib.Hook):
   def __init__(self, ctx: RunContext, evaluator):
     self.ctx, self.evaluator = ctx, evaluator
 
@@ -69,7 +70,7 @@ class RealPixelCheck:
     return None if check is None else _RealPixelHook(ctx, check)
 
 
-class _RealPixelHook:
+class _RealPixelHook(hooks_lib.Hook):
   def __init__(self, ctx: RunContext, check):
     self.ctx, self.check = ctx, check
 
@@ -108,7 +109,7 @@ class SyntheticKnn:
     return _SyntheticKnnHook(ctx) if ctx.config.knn.enabled else None
 
 
-class _SyntheticKnnHook:
+class _SyntheticKnnHook(hooks_lib.Hook):
   def __init__(self, ctx: RunContext):
     self.ctx = ctx
 

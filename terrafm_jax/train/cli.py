@@ -12,6 +12,7 @@ local CPU launcher, which also selects gloo CPU collectives.
 """
 from __future__ import annotations
 
+import functools
 import logging as pyl
 import os
 import sys
@@ -71,7 +72,9 @@ def _quiet_library_logs() -> None:
     logging.get_absl_handler().addFilter(_DropLibraryInfo())
 
 
-def main(argv) -> None:
+def main(argv, extra_hooks=()) -> None:
+  """`extra_hooks`: hook factories run after the default ones (train/hooks.py); the test-only
+  entry tests/train/fault_train.py injects its crashes and recorders this way."""
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if _CONFIG.value is None:
@@ -93,7 +96,7 @@ def main(argv) -> None:
   from terrafm_jax.eval import run_hooks  # pylint: disable=g-import-not-at-top
   try:
     result = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
-                                        hooks=run_hooks.default_hooks())
+                                        hooks=[*run_hooks.default_hooks(), *extra_hooks])
   except trainer.NonFiniteError as e:
     logging.error("%s", e)
     print(f"[terrafm] ERROR: {e}", file=sys.stderr)
@@ -134,9 +137,9 @@ def _dry_run(topology: str) -> int:
   return 0
 
 
-def run() -> None:
+def run(extra_hooks=()) -> None:
   """Console script `terrafm-train`."""
-  app.run(main)
+  app.run(functools.partial(main, extra_hooks=tuple(extra_hooks)))
 
 
 if __name__ == "__main__":

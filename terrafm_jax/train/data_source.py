@@ -82,11 +82,8 @@ class RandomBatches(Iterator[dict[str, np.ndarray]]):
       m[np.arange(b)[:, None], np.arange(n)[None], rng.integers(0, 3, (b, n))] = True
       return m
 
-    s1 = rng.normal(-12.0, 4.0, (b, t, t, 2)).astype(np.float16)
-    if self.index == self.c.debug.nan_at_step:  # test hook: poison the inputs of that step
-      s1[:] = np.nan
     out = {
-        "s1": s1,
+        "s1": rng.normal(-12.0, 4.0, (b, t, t, 2)).astype(np.float16),
         "s2_l1c": rng.integers(1, 5000, (b, t, t, 12)).astype(np.uint16),
         "s2_l2a": rng.integers(1, 5000, (b, t, t, 12)).astype(np.uint16),
         "available": np.ones((b, 3), bool),

@@ -155,12 +155,6 @@ def get_base_config(variant: str = "B/16") -> ml_collections.ConfigDict:
       every_steps=0, task="eosamples/lulc-s2_l2a", protocol="knn", data_root="",
       partition="default", batch_size=64, max_samples=-1, skip_if_missing=False))
 
-  # Test hooks: die with SIGKILL right after the step given (after its checkpoint save started,
-  # or after it committed when die_after_commit) to test crash safety and exact resume;
-  # nan_at_step poisons the inputs of that step (data.source="random" only); record_tiles adds
-  # the global batch's tile ids to each metrics.jsonl row (a collective per step).
-  c.debug = ml_collections.ConfigDict(dict(die_after_step=-1, die_after_commit=True,
-                                           nan_at_step=-1, record_tiles=False))
   return c
 
 

@@ -6,7 +6,12 @@ in-loop benchmark evaluation, the real-pixel learning check and the synthetic kN
 its hook from the run's context once the step is compiled (or declines: None).
 
 A hook is called on every process (its evaluations may be collectives); only process 0 writes.
+Each call is optional (Hook's defaults do nothing):
+  before_step(step, batch) -> batch: the host batch that feeds `step` (1-based), before it is
+    sharded; a hook may read it or hand back a changed one;
   after_step(step, teacher_encoder) -> (scalars, console line) or None, after every step;
+  after_save(step, manager): once the checkpoint of `step` was handed to the manager (the step's
+    metrics are written by then); tests inject crashes here (tests/train/fault_train.py);
   at_end(step, teacher) -> entries for the run's result (and report.png), once the last step ran.
 """
 from __future__ import annotations
@@ -58,12 +63,29 @@ class RunContext:
       console.say(line)
 
 
-class Hook(Protocol):
+class Hook:
+  """Base of the hooks: every call is optional and does nothing here."""
+
+  def before_step(self, step: int, batch: dict[str, Any]) -> dict[str, Any]:
+    del step
+    return batch
+
   def after_step(self, step: int, teacher_encoder: Any) -> tuple[dict[str, float], str] | None:
-    ...
+    del step, teacher_encoder
+
+  def after_save(self, step: int, manager: Any) -> None:
+    del step, manager
 
   def at_end(self, step: int, teacher: Any) -> dict[str, Any]:
-    ...
+    del step, teacher
+    return {}
+
+
+def overrides(hook: Any, name: str) -> bool:
+  """Whether `hook` does something in `name` (the trainer skips the calls that do nothing, e.g.
+  so that no batch is handed around when no hook reads it)."""
+  fn = getattr(type(hook), name, None)
+  return fn is not None and fn is not getattr(Hook, name)
 
 
 class HookFactory(Protocol):

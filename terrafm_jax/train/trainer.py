@@ -7,7 +7,6 @@ the device never waits for the host; the only blocking reads are at checkpoint s
 from __future__ import annotations
 
 import json
-import os
 import signal
 import time
 from typing import Any, Sequence
@@ -15,7 +14,6 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import ml_collections
-import numpy as np
 from absl import logging
 
 from terrafm_jax.train import assemble
@@ -188,6 +186,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                              param_init=param_init, mesh=mesh, rules=rules, writer=writer,
                              total_steps=total_steps)
   active = [h for h in (f(ctx) for f in hooks) if h is not None]
+  before = [h for h in active if hooks_lib.overrides(h, "before_step")]
+  saved_hooks = [h for h in active if hooks_lib.overrides(h, "after_save")]
   # Exposure of the whole global batch (every process' slice), exact from step 0 after a resume.
   exposure = metrics_lib.ClassExposure()
   for s0 in range(0, start_step, 1024):
@@ -198,7 +198,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   pending: tuple[int, Any] | None = None
   last = {"time": time.time(), "step": start_step, "data_wait": 0.0}
   history: list[dict[str, float]] = []
-  tiles_of_step: dict[int, list[int]] = {}  # debug.record_tiles: the global batch's tile ids
 
   def flush_pending():
     nonlocal pending
@@ -221,8 +220,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     last.update(time=now, step=step_done, data_wait=0.0)
     if is_main:
       writer.write_scalars(step_done, scalars)
-      extra = {"tiles": tiles_of_step.pop(step_done)} if step_done in tiles_of_step else {}
-      workdir_lib.append_jsonl(jsonl, {"step": step_done, **scalars, **extra})
+      workdir_lib.append_jsonl(jsonl, {"step": step_done, **scalars})
       # ETA from the mean speed since the first logged step (one interval's speed is noisy).
       first = last.setdefault("first", (now, step_done))
       mean_rate = (step_done - first[1]) / max(now - first[0], 1e-9) if step_done > first[1] \
@@ -249,8 +247,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       first_local = None
       last["data_wait"] += time.time() - t0
       exposure.update(data.global_labels(step, step + 1))
-      if config.debug.record_tiles:  # test hook: a collective per step
-        tiles_of_step[step + 1] = _global_tiles(local["tile_index"])
+      for h in before:  # every process (a hook may gather the global batch)
+        local = h.before_step(step + 1, local)
       batch = sharding_lib.global_batch({k: local[k] for k in data_source.step_keys(config)}, mesh)
       state, dev_metrics = compiled(state, batch)
       flush_pending()  # previous logged step: its values are ready or nearly so
@@ -269,9 +267,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         check_finite(step)  # never checkpoint a state that went through a bad step
         saved = ckpt_lib.save(manager, step, state, data_iter, config, contract,
                               force=stop or planned_stop)
-        if saved and step == config.debug.die_after_step:
-          flush_pending()
-          _die(manager, config.debug.die_after_commit)
+        if saved and saved_hooks:
+          flush_pending()  # the saved step's metrics are written before any hook sees the save
+          for h in saved_hooks:
+            h.after_save(step, manager)
       if stop:
         manager.wait_until_finished()
         logging.warning("preempted: checkpoint of step %d written, exiting", step)
@@ -301,24 +300,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   manager.close()
   writer.close()
   return result
-
-
-def _global_tiles(local_tiles: np.ndarray) -> list[int]:
-  """Tile ids of the whole global batch, in global order (process p holds rows p*b..(p+1)*b)."""
-  tiles = np.asarray(local_tiles, np.int64)
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    tiles = np.asarray(multihost_utils.process_allgather(tiles)).reshape(-1)
-  return [int(t) for t in tiles]
-
-
-def _die(manager, after_commit: bool) -> None:
-  """Test hook: SIGKILL this process (no cleanup, no atexit), optionally mid-save."""
-  if after_commit:
-    manager.wait_until_finished()
-  logging.warning("debug.die_after_step: killing the process now")
-  logging.flush()
-  os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -53,7 +53,12 @@ def cli_env(tmp_path_factory) -> dict[str, str]:
   return env
 
 
-def _cmd(args) -> list[str]:
+KILLED_EMBED = os.path.join(REPO, "tests", "embed", "killed_embed.py")
+
+
+def _cmd(args, killed_after_parts: int = 0) -> list[str]:
+  if killed_after_parts:  # the test-only entry that dies halfway through the next part
+    return [sys.executable, KILLED_EMBED, f"--stop_after_parts={killed_after_parts}", *args]
   return [sys.executable, "-m", "terrafm_jax.embed", *args]
 
 
@@ -115,9 +120,10 @@ def cli_out(cli_background) -> str:
 
 @pytest.fixture(scope="session")
 def cli(cli_env):
-  """run(args, expect_rc=0) -> CompletedProcess of `python -m terrafm_jax.embed args`."""
-  def run(args, expect_rc: int = 0):
-    proc = subprocess.run(_cmd(args), cwd=REPO, env=cli_env, capture_output=True, text=True,
+  """run(args, expect_rc=0, killed_after_parts=0) -> CompletedProcess of
+  `python -m terrafm_jax.embed args` (or of tests/embed/killed_embed.py)."""
+  def run(args, expect_rc: int = 0, killed_after_parts: int = 0):
+    proc = subprocess.run(_cmd(args, killed_after_parts), cwd=REPO, env=cli_env, capture_output=True, text=True,
                           timeout=300)
     if proc.returncode != expect_rc:
       pytest.fail(f"embed {args} exited {proc.returncode}, expected {expect_rc}:\n"

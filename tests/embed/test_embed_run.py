@@ -210,7 +210,7 @@ def test_two_runs_give_the_same_rows(cli_out, full_out):
 
 def test_resume_after_a_kill(syn_raw, cli, make_flags, model, make_opts, full_out, tmp_path):
   out = str(tmp_path / "out")
-  p = cli(make_flags(syn_raw, out, debug_stop_after_parts=1), expect_rc=75)
+  p = cli(make_flags(syn_raw, out), expect_rc=75, killed_after_parts=1)
   done = glob.glob(os.path.join(out, "part_*.parquet"))
   assert [os.path.basename(d) for d in done] == ["part_00000-00001.parquet"], p.stderr[-2000:]
   half = glob.glob(os.path.join(out, ".part_00002-00003.parquet.tmp-*"))

@@ -47,9 +47,19 @@ def run_py():
   return run_python
 
 
-def run_cli(args, num_devices: int = 1, expect_rc: int = 0, timeout: float = 300):
-  """`python -m terrafm_jax.train ARGS`; asserts the exit code; returns the CompletedProcess."""
-  proc = subprocess.run([sys.executable, "-m", "terrafm_jax.train", *args], cwd=REPO,
+FAULT_TRAIN = os.path.join(REPO, "tests", "train", "fault_train.py")
+
+
+def train_command(args, faults: bool = False) -> list[str]:
+  """The trainer's command line, or the test-only one with fault and recorder flags."""
+  return [sys.executable, *((FAULT_TRAIN,) if faults else ("-m", "terrafm_jax.train")), *args]
+
+
+def run_cli(args, num_devices: int = 1, expect_rc: int = 0, timeout: float = 300,
+            faults: bool = False):
+  """`python -m terrafm_jax.train ARGS` (faults: tests/train/fault_train.py ARGS); asserts the
+  exit code; returns the CompletedProcess."""
+  proc = subprocess.run(train_command(args, faults), cwd=REPO,
                         env=subprocess_env(num_devices), capture_output=True, text=True,
                         timeout=timeout)
   if proc.returncode != expect_rc:

@@ -22,6 +22,16 @@ import time
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The trainer with --record_tiles (tests/train/fault_train.py): each global batch's tile ids.
+FAULT_TRAIN = os.path.join(REPO, "tests", "train", "fault_train.py")
+
+
+def _tiles(work) -> dict[int, list[int]]:
+  out = {}
+  for line in (work / "tiles.jsonl").read_text().splitlines():
+    row = json.loads(line)
+    out[row["step"]] = row["tiles"]
+  return out
 
 BUILTIN = dict(num_cells=8, cell_size=64, tile_size=32, seed=0)
 GLOBAL_BATCH = 8
@@ -37,7 +47,7 @@ def _args(work, root, *extra):
           # The synthetic set the test prepares itself (no real scenes), so that it can recompute
           # the expected batches; the real-pixel check still starts on both processes.
           "--config.data.builtin.real_scenes=",
-          "--config.log_every_steps=1", "--config.debug.record_tiles=True", *extra]
+          "--config.log_every_steps=1", "--record_tiles", *extra]
 
 
 def _free_port() -> int:
@@ -55,7 +65,7 @@ def _start_processes(args, logs, subprocess_env, n=2, devices=2):
     env.update(TERRAFM_COORDINATOR=f"127.0.0.1:{port}", TERRAFM_NUM_PROCESSES=str(n),
                TERRAFM_PROCESS_ID=str(i))
     log = open(logs / f"process_{i}.log", "w", encoding="utf-8")  # pylint: disable=consider-using-with
-    procs.append((subprocess.Popen([sys.executable, "-m", "terrafm_jax.train", *args], cwd=REPO,
+    procs.append((subprocess.Popen([sys.executable, FAULT_TRAIN, *args], cwd=REPO,
                                    env=env, stdout=log, stderr=subprocess.STDOUT), log))
   return procs
 
@@ -111,12 +121,13 @@ def test_two_processes_real_pipeline_sigterm_one_then_resume_on_one(tmp_path, cl
   m = metrics_of(str(work))
   assert sorted(m) == list(range(1, n + 1))
   expected = _expected_global_batches(data_dir, 0, 2, 0, n)
-  assert [m[s]["tiles"] for s in range(1, n + 1)] == expected
+  tiles = _tiles(work)
+  assert [tiles[s] for s in range(1, n + 1)] == expected
   assert expected == _expected_global_batches(data_dir, 0, 1, 0, n)  # independent of slicing
   # Exposure counts the whole global batch (both processes' slices).
   import pandas as pd
   index = pd.read_parquet(os.path.join(data_dir, "index.parquet")).set_index("tile_index")
-  labels = index.loc[[t for s in range(1, n + 1) for t in m[s]["tiles"]], "label"].to_numpy()
+  labels = index.loc[[t for s in range(1, n + 1) for t in tiles[s]], "label"].to_numpy()
   want = np.bincount(labels[labels >= 0], minlength=11) / max((labels >= 0).sum(), 1)
   from terrafm_jax.train.metrics import WORLDCOVER
   got = np.asarray([m[n][f"exposure/{c}"] for c in WORLDCOVER])
@@ -124,11 +135,11 @@ def test_two_processes_real_pipeline_sigterm_one_then_resume_on_one(tmp_path, cl
 
   # Resume on ONE process (4 devices): the input stream continues at global batch n.
   resumed = cli(_args(work, root, f"--config.total_steps={n + 2}",
-                          "--config.checkpoint.every_steps=100000"), num_devices=4)
+                          "--config.checkpoint.every_steps=100000"), num_devices=4, faults=True)
   assert f"resumed from step {n}" in resumed.stderr
   assert "another process count" in resumed.stderr
-  m = metrics_of(str(work))
-  assert [m[s]["tiles"] for s in (n + 1, n + 2)] == _expected_global_batches(data_dir, 0, 2, n, 2)
+  tiles = _tiles(work)
+  assert [tiles[s] for s in (n + 1, n + 2)] == _expected_global_batches(data_dir, 0, 2, n, 2)
   meta = json.loads((work / "run_metadata.json").read_text())
   assert meta["process_count"] == 1 and meta["start_step"] == n
   # One input contract: the prepared data's computed statistics, also in the checkpoint.
@@ -146,5 +157,5 @@ def test_two_processes_real_pipeline_sigterm_one_then_resume_on_one(tmp_path, cl
   assert exported["contract"] == prepared
   # Resuming with another contract is refused, naming the difference (a data error, exit 1).
   refused = cli(_args(work, root, f"--config.total_steps={n + 4}", "--config.data.contract=default"),
-                num_devices=4, expect_rc=1)
+                num_devices=4, expect_rc=1, faults=True)
   assert "normalisation statistics differ" in refused.stderr

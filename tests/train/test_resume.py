@@ -39,8 +39,8 @@ def uninterrupted(shared_artifact, cli):
 def test_exact_resume_after_sigkill(uninterrupted, tmp_path, cli, metrics_of):
   work = str(tmp_path / "b")
   # N/2 steps, then SIGKILL right after the step-2 checkpoint committed.
-  cli([*COMMON, f"--workdir={work}", "--config.debug.die_after_step=2"], num_devices=8,
-          expect_rc=-9)
+  cli([*COMMON, f"--workdir={work}", "--die_after_step=2"], num_devices=8, expect_rc=-9,
+      faults=True)
   assert _steps(work) == [2]
   # What a crash in the middle of writing step 3 leaves: an uncommitted temporary directory.
   ckpts = os.path.join(work, "checkpoints")
@@ -105,7 +105,7 @@ def test_resume_on_four_devices(uninterrupted, tmp_path, cli, metrics_of):
 
 def test_nan_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, cli):
   work = str(tmp_path / "nan")
-  out = cli([*COMMON, f"--workdir={work}", "--config.debug.nan_at_step=3"], num_devices=8,
-                expect_rc=3)
+  out = cli([*COMMON, f"--workdir={work}", "--nan_at_step=3"], num_devices=8, expect_rc=3,
+            faults=True)
   assert "non-finite loss or gradient at step 3" in out.stderr
   assert _steps(work) == [2]
