@@ -53,7 +53,7 @@ def parameter_summary(params: Any, name: str) -> str:
   """`student: 0.42 M parameters (encoder/patch_embed 0.20 M, encoder/blocks 0.15 M, ...)`."""
   counts: dict[str, int] = collections.OrderedDict()
   for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-    keys = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
+    keys = jax.tree_util.keystr(path, simple=True, separator="/").split("/")
     if keys[0] == "encoder" and len(keys) > 1:
       sub = keys[1]
       sub = "blocks" if sub.startswith("blocks_") else (

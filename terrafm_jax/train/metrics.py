@@ -1,7 +1,6 @@
-"""Training metrics: CLU writers and periodic actions, FLOP accounting, host-side summaries.
+"""Training metrics: the TensorBoard writer, FLOP accounting, host-side summaries.
 
-Writers: clu.metric_writers (TensorBoard event files + log lines), with the tensorboardX-backed
-writer of tb_writer.py when TensorFlow is absent. Only process 0 writes.
+Writer: tensorboardX event files (tb_writer.py), written by process 0 only.
 
 FLOP accounting (model FLOPs, for MFU; counts a multiply-add as 2 FLOPs, ignores norms, softmax,
 GELU, crops and the optimizer). It counts what the compiled step runs, not the minimal model. With
@@ -33,15 +32,11 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from clu import parameter_overview
+
+from terrafm_jax.data.contract import MODALITIES
+from terrafm_jax.models import variants
 from terrafm_jax.train import tb_writer
-
-tb_writer.install()
-from clu import metric_writers  # pylint: disable=g-import-not-at-top,wrong-import-position
-from clu import parameter_overview  # pylint: disable=g-import-not-at-top,wrong-import-position
-from clu import periodic_actions  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-from terrafm_jax.data.contract import MODALITIES  # pylint: disable=wrong-import-position
-from terrafm_jax.models import variants  # pylint: disable=wrong-import-position
 
 CATEGORIES = MODALITIES + ("fused",)
 # WorldCover classes in index order (DATA.md 3), for the sampler-exposure metric names.
@@ -53,12 +48,10 @@ PEAK_FLOPS = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v
               "NVIDIA H200": 989e12, "NVIDIA A100": 312e12}
 
 
-def create_writer(workdir: str) -> metric_writers.MetricWriter:
-  """TensorBoard event files on process 0 (asynchronous), nothing elsewhere. No logging writer:
-  the console gets one progress line per interval (train/console.py), not every metric."""
-  if jax.process_index() > 0:
-    return metric_writers.MultiWriter([])
-  return metric_writers.AsyncWriter(metric_writers.SummaryWriter(workdir))
+def create_writer(workdir: str) -> tb_writer.EventWriter:
+  """TensorBoard event files on process 0 (written from tensorboardX's thread), nothing elsewhere.
+  The console gets one progress line per interval (train/console.py), not every metric."""
+  return tb_writer.EventWriter(workdir if jax.process_index() == 0 else None)
 
 
 def encoder_forward_flops(model_cfg: ml_collections.ConfigDict, img_size: int,
@@ -192,17 +185,3 @@ class ClassExposure:
     total = max(int(self.counts.sum()), 1)
     names = WORLDCOVER if len(self.counts) == len(WORLDCOVER) else range(len(self.counts))
     return {f"exposure/{n}": c / total for n, c in zip(names, self.counts)}
-
-
-def periodic_actions_for(config: ml_collections.ConfigDict, workdir: str,
-                         writer: metric_writers.MetricWriter, total_steps: int) -> list[Any]:
-  """Progress (steps/s, ETA) always; a profile when config.profile.enabled."""
-  acts = []
-  if jax.process_index() == 0:
-    acts.append(periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
-                                                every_steps=config.log_every_steps))
-  if config.profile.enabled:
-    acts.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=config.profile.steps,
-                                         first_profile=config.profile.first_step,
-                                         profile_duration_ms=None))
-  return acts

@@ -30,15 +30,7 @@ from terrafm_jax.train import schedules as schedules_lib
 
 def param_path(path: tuple[Any, ...]) -> str:
   """'encoder/blocks_0/attn/qkv/kernel' from a jax tree path."""
-  parts = []
-  for k in path:
-    for attr in ("key", "name", "idx"):
-      if hasattr(k, attr):
-        parts.append(str(getattr(k, attr)))
-        break
-    else:
-      parts.append(str(k))
-  return "/".join(parts)
+  return jax.tree_util.keystr(path, simple=True, separator="/")
 
 
 def path_mask(params: Any, fn) -> Any:

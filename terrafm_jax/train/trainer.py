@@ -23,6 +23,7 @@ from terrafm_jax.train import data_source
 from terrafm_jax.train import default_config
 from terrafm_jax.train import hooks as hooks_lib
 from terrafm_jax.train import metrics as metrics_lib
+from terrafm_jax.train import profiling
 from terrafm_jax.train import report as report_lib
 from terrafm_jax.train import sharding as sharding_lib
 from terrafm_jax.train import state as state_lib
@@ -181,7 +182,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 + (f"; {mem.get('temp_size_gib', 0) + mem.get('argument_size_gib', 0):.2f} GiB "
                    "per device (arguments + temporaries)" if mem else ""))
 
-  periodic = metrics_lib.periodic_actions_for(config, workdir, writer, total_steps)
+  profile = (profiling.StepProfile(str(workdir), config.profile.first_step, config.profile.steps)
+             if config.profile.enabled else None)
   ctx = hooks_lib.RunContext(config=config, workdir=workdir, contract=contract, model=parts.model,
                              param_init=param_init, mesh=mesh, rules=rules, writer=writer,
                              total_steps=total_steps)
@@ -253,8 +255,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       state, dev_metrics = compiled(state, batch)
       flush_pending()  # previous logged step: its values are ready or nearly so
       step += 1
-      for action in periodic:
-        action(step)
+      if profile:
+        profile.after_step(step, state)
       for h in active:  # every process: a hook's evaluation may be a collective
         out = h.after_step(step, state.teacher["encoder"])  # before the next step donates it
         if out:
@@ -279,6 +281,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         console.say(f"stopped after step {step} of {total_steps} (config.stop_after_step); "
                     "the next start resumes here")
         break
+  if profile:
+    profile.stop(state)
   flush_pending()
   manager.wait_until_finished()
   check_finite(step)
