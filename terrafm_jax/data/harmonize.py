@@ -130,6 +130,15 @@ def resample_to_grid(src: Raster, shape: tuple[int, int],
   return np.where(near_valid, out, fill).astype(np.float32)
 
 
+def resample_array(x: np.ndarray, shape: tuple[int, int], nodata: float | None = None
+                   ) -> np.ndarray:
+  """`resample_to_grid` for a band without georeference that covers the same extent as `shape`
+  (e.g. a 20 m band of a benchmark patch onto its 10 m grid): pixel-centre aligned bilinear."""
+  h, w = x.shape
+  src = Raster(x, (1.0 / w, 0.0, 0.0, 0.0, -1.0 / h, 1.0), "", nodata)
+  return resample_to_grid(src, shape, (1.0 / shape[1], 0.0, 0.0, 0.0, -1.0 / shape[0], 1.0))
+
+
 def reproject_to_grid(src: Raster, shape: tuple[int, int], transform: Sequence[float],
                       crs: str) -> np.ndarray:
   """Bilinear reprojection onto another CRS/grid (for modalities on different UTM grids)."""

@@ -12,15 +12,16 @@ column), 2 for a bad flag or config value.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 from typing import Sequence
 
 from absl import app
+from absl import logging
 from ml_collections import config_flags
 
 from terrafm_jax import config_schema
+from terrafm_jax import console
 from terrafm_jax.data.errors import BadInputError
 from terrafm_jax.data.prepare_builder import prepare
 from terrafm_jax.data.prepare_config import REQUIRED
@@ -48,11 +49,14 @@ def main(argv: Sequence[str]) -> int:
   if opts.runner == "beam":
     from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=g-import-not-at-top
     beam_options = PipelineOptions([o for o in cfg.beam_pipeline_options.split(",") if o])
-  logging.basicConfig(level=logging.INFO)
+  log_file = console.configure(cfg.out_dir, "prepare")
+  if log_file:
+    console.say(f"full log: {log_file} (TERRAFM_VERBOSE=1 shows it here)")
   try:
     out = prepare(cfg.majortom_dir, cfg.out_dir, opts, beam_options=beam_options)
   except (BadInputError, FileNotFoundError, ValueError) as e:
-    print(f"[terrafm] ERROR: {type(e).__name__}: {e}", file=sys.stderr)
+    logging.info("prepare stopped", exc_info=True)  # the traceback: log file only
+    console.error(f"{type(e).__name__}: {e}")
     return 1
   with open(os.path.join(out, "report.json"), encoding="utf-8") as f:
     report = json.load(f)

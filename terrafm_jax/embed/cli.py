@@ -21,6 +21,7 @@ import sys
 from absl import app, logging
 from ml_collections import config_flags
 
+from terrafm_jax import console
 from terrafm_jax import platforms
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -44,6 +45,9 @@ def main(argv) -> None:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}", exitcode=2)
   platforms.quiet_libtpu_without_tpu()
   opts = options_from_config(_CONFIG.value)
+  # Console only (progress bar, warnings, the summary): a failed plan must leave no output folder,
+  # so no log file is put there; TERRAFM_VERBOSE=1 shows the INFO log.
+  console.configure(None, "embed")
   if _CONFIG.value.multihost:
     import jax  # pylint: disable=g-import-not-at-top
     jax.distributed.initialize()
@@ -52,8 +56,8 @@ def main(argv) -> None:
   try:
     report = embed(opts)
   except (BadInputError, ValueError, FileNotFoundError) as e:
-    logging.error("embedding stopped: %s", e)
-    print(f"[terrafm] ERROR: {type(e).__name__}: {e}", file=sys.stderr)
+    logging.info("embedding stopped", exc_info=True)  # the traceback: log file only
+    console.error(f"{type(e).__name__}: {e}")
     sys.exit(1)
   keys = ("this_run", "parts_finished", "parts_total", "cells_total", "counts", "skipped_by_kind",
           "fragments_dropped_by_kind", "modality_unavailable_by_kind")

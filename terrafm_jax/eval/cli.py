@@ -16,10 +16,12 @@ beside ours) and writes results.json and PNGs into --out_dir. Exit code 2 for a 
 from __future__ import annotations
 
 import sys
+import time
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from terrafm_jax import console
 from terrafm_jax import platforms
 from terrafm_jax.eval import results as results_lib
 from terrafm_jax.eval import suite as suite_lib
@@ -139,9 +141,12 @@ def run_products(cfg) -> int:
 def main(argv) -> int:
   del argv
   platforms.quiet_libtpu_without_tpu()
+  cfg = resolve_config()
+  log_file = console.configure(cfg.out_dir, "eval")
+  if log_file:
+    console.say(f"full log: {log_file} (TERRAFM_VERBOSE=1 shows it here)")
   from terrafm_jax.eval import runner
   from terrafm_jax.eval import weights as weights_lib
-  cfg = resolve_config()
   if cfg.products.sources:
     return run_products(cfg)
   todo = plan(cfg)
@@ -150,11 +155,15 @@ def main(argv) -> int:
   weights = weights_lib.load_weights(cfg.weights, step=None if cfg.step < 0 else cfg.step,
                                      seed=cfg.seed)
   logging.info("weights: %s", weights.provenance)
+  console.say(f"weights: {cfg.weights} ({weights.provenance.get('kind', '?')}); "
+              f"{len(todo)} task x protocol run(s)")
   rows = []
-  for task, protocol, partition, root in todo:
+  for i, (task, protocol, partition, root) in enumerate(todo):
     logging.info("== %s %s (%s) ==", task.name, protocol, partition)
+    t0 = time.time()
     rows.append(runner.run(task, protocol, weights, root, cfg, partition=partition))
-    print(f"{task.name} {protocol} {partition}: {task.metric} {rows[-1].value:.2f}", flush=True)
+    console.say(f"[{i + 1}/{len(todo)}] {task.name} {protocol} {partition}: {task.metric} "
+                f"{rows[-1].value:.2f} ({time.time() - t0:.0f} s)")
   print(results_lib.format_table(rows))
   if len(todo) > 1 and any(t.benchmark != "eosamples" for t, *_ in todo):
     print()
@@ -170,9 +179,10 @@ def run() -> None:
     try:
       sys.exit(main(argv))
     except UsageError as e:
-      print(f"error: {e}", file=sys.stderr)
+      console.error(str(e))
       sys.exit(2)
     except (EvalDataError, FileNotFoundError, ValueError) as e:
-      print(f"error: {e}", file=sys.stderr)
+      logging.info("evaluation stopped", exc_info=True)  # the traceback: log file only
+      console.error(str(e))
       sys.exit(1)
   app.run(_main)

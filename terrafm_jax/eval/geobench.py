@@ -23,8 +23,8 @@ too; `GeoBenchSplit.skipped_bands` lists every band left out. Channel order is t
 
 GEO-Bench's format lets bands of one sample differ in size (`task_specs.patch_size` is "the largest
 band's", `Sample.pack_to_4d(resample=True)`); the v1.0 converters store every band on one grid, but
-if a sample does not, its bands are resampled to the largest with bilinear interpolation
-(scipy.ndimage.zoom, order=1). A segmentation map is never resampled: it must match that grid.
+if a sample does not, its bands are resampled to the largest with the data pipeline's bilinear
+resampler (pixel centres aligned, data/harmonize.py). A segmentation map is never resampled: it must match that grid.
 """
 from __future__ import annotations
 
@@ -36,8 +36,8 @@ from typing import Any, Mapping
 
 import h5py
 import numpy as np
-from scipy import ndimage
 
+from terrafm_jax.data import harmonize
 from terrafm_jax.eval import safe_pickle
 from terrafm_jax.eval.dataset import SPLITS, EvalDataError, EvalSplit, SourceGroup, check_label
 
@@ -334,7 +334,6 @@ def _resample(a: np.ndarray, shape: tuple[int, ...], path: str, name: str) -> np
   a = a.astype(np.float32, copy=False)
   if a.shape == shape:
     return a
-  out = ndimage.zoom(a, (shape[0] / a.shape[0], shape[1] / a.shape[1]), order=1)
-  if out.shape != shape:
+  if len(shape) != 2 or a.ndim != 2:
     raise EvalDataError(f"{path}: band {name!r} of shape {a.shape} cannot be resampled to {shape}")
-  return out
+  return harmonize.resample_array(a, shape)

@@ -181,7 +181,9 @@ def load_weights(spec: str, *, step: int | None = None, variant: str | None = No
     w = _from_file(spec, variant, seed)
   else:
     from terrafm_jax.train import workdir as workdir_lib
-    if not (workdir_lib.resolve(spec) / "checkpoints").exists():
+    with workdir_lib.reaching(spec, "weights"):
+      found = (workdir_lib.resolve(spec) / "checkpoints").exists()
+    if not found:
       raise FileNotFoundError(
           f"--weights={spec!r} is neither a workdir with checkpoints/, a released-layout weights "
           f"file ({', '.join(WEIGHT_EXTENSIONS)}), nor random:<variant> (e.g. random:B/16)")

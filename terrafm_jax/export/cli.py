@@ -31,9 +31,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app
+from absl import logging
 from ml_collections import config_flags
 
 from terrafm_jax import config_schema
+from terrafm_jax import console
 from terrafm_jax import platforms
 from terrafm_jax.data.contract import DEFAULT_CONTRACT, MODALITIES, InputContract
 from terrafm_jax.export import model_card, torch_export, torch_import
@@ -190,10 +192,12 @@ def main(argv, config) -> int:
     opts = config_schema.build(ExportOptions, config)
   except ValueError as e:
     raise app.UsageError(str(e), exitcode=2) from None
+  console.configure(None, "export")  # a few lines: the files written, or one error
   try:
     written = export(opts)
   except (ValueError, FileNotFoundError, ImportError) as e:
-    print(f"terrafm-export: error: {e}", file=sys.stderr)
+    logging.info("export stopped", exc_info=True)
+    console.error(str(e))
     return 1
   for path in written:
     print(path)

@@ -13,7 +13,6 @@ local CPU launcher, which also selects gloo CPU collectives.
 from __future__ import annotations
 
 import functools
-import logging as pyl
 import os
 import sys
 
@@ -22,6 +21,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from terrafm_jax import console
 from terrafm_jax import platforms
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -58,20 +58,6 @@ def _init_distributed() -> None:
     jax.distributed.initialize()
 
 
-class _DropLibraryInfo(pyl.Filter):
-  """Orbax logs several INFO lines per checkpoint save (hundreds per smoke run), burying the
-  trainer's progress lines; its warnings and errors still pass. TERRAFM_VERBOSE_LIBS=1 keeps all."""
-  _NOISY = (f"{os.sep}orbax{os.sep}", f"{os.sep}etils{os.sep}")
-
-  def filter(self, record: pyl.LogRecord) -> bool:
-    return record.levelno >= pyl.WARNING or not any(n in record.pathname for n in self._NOISY)
-
-
-def _quiet_library_logs() -> None:
-  if os.environ.get("TERRAFM_VERBOSE_LIBS", "0") != "1":
-    logging.get_absl_handler().addFilter(_DropLibraryInfo())
-
-
 def main(argv, extra_hooks=()) -> None:
   """`extra_hooks`: hook factories run after the default ones (train/hooks.py); the test-only
   entry tests/train/fault_train.py injects its crashes and recorders this way."""
@@ -81,13 +67,11 @@ def main(argv, extra_hooks=()) -> None:
     raise app.UsageError("--config is required, e.g. --config=configs/smoke.py")
   if not _WORKDIR.value:
     raise app.UsageError("--workdir is required")
-  _quiet_library_logs()
   platforms.quiet_libtpu_without_tpu()
   if _DRY_RUN.value:
     sys.exit(_dry_run(_DRY_RUN.value))
   _init_distributed()
-  from terrafm_jax.train import console  # pylint: disable=g-import-not-at-top
-  log_file = console.configure(_WORKDIR.value, _VERBOSE.value)
+  log_file = console.configure(_WORKDIR.value, "train", _VERBOSE.value)
   if log_file:
     console.say(f"full log: {log_file} (--verbose or TERRAFM_VERBOSE=1 shows it here)")
   from terrafm_jax.data.errors import BadInputError  # pylint: disable=g-import-not-at-top
@@ -98,16 +82,16 @@ def main(argv, extra_hooks=()) -> None:
     result = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
                                         hooks=[*run_hooks.default_hooks(), *extra_hooks])
   except trainer.NonFiniteError as e:
-    logging.error("%s", e)
-    print(f"[terrafm] ERROR: {e}", file=sys.stderr)
+    logging.info("training stopped: %s", e)
+    console.error(str(e))
     sys.exit(3)
   except default_config.ConfigError as e:  # invalid config values: one clear line
-    logging.error("invalid configuration: %s", e)
-    print(f"[terrafm] ERROR: invalid configuration: {e}", file=sys.stderr)
+    logging.info("invalid configuration: %s", e)
+    console.error(f"invalid configuration: {e}")
     sys.exit(2)
-  except (ValueError, FileNotFoundError, BadInputError) as e:  # bad data, checkpoint, contract
-    logging.exception("training stopped")
-    print(f"[terrafm] ERROR: {type(e).__name__}: {e}", file=sys.stderr)
+  except (ValueError, FileNotFoundError, BadInputError) as e:  # bad data, path, checkpoint
+    logging.info("training stopped", exc_info=True)  # the traceback: log file only
+    console.error(f"{type(e).__name__}: {e}")
     sys.exit(1)
   knn = result.get("knn")
   if knn:
@@ -131,7 +115,7 @@ def _dry_run(topology: str) -> int:
     print(f"[terrafm] {e}", file=sys.stderr)
     return 4
   except default_config.ConfigError as e:
-    print(f"[terrafm] ERROR: invalid configuration: {e}", file=sys.stderr)
+    console.error(f"invalid configuration: {e}")
     return 2
   print("\n".join(f"[terrafm] {line}" for line in report.lines()), flush=True)
   return 0

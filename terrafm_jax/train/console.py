@@ -1,26 +1,20 @@
-"""What a person watching a run sees: a few start-up lines, one progress line per log interval,
-warnings, and the final tables. Everything else (every metric of every logged step, library INFO
-lines) goes to TensorBoard, metrics.jsonl and `<workdir>/train.log`, not to the console.
+"""The trainer's console lines: the progress line of each log interval and the parameter summary.
 
-`TERRAFM_VERBOSE=1` (or `--verbose`) puts the full INFO log back on the console.
+Everything else (every metric of every logged step, library log lines) goes to TensorBoard,
+metrics.jsonl and `<workdir>/train.log` (terrafm_jax/console.py), not to the console.
 """
 from __future__ import annotations
 
 import collections
-import logging as pyl
 import math
-import os
 from typing import Any, Mapping
 
 import jax
 
-PREFIX = "[terrafm]"
+# The console every entry point shares (terrafm_jax/console.py); the trainer's lines below.
+from terrafm_jax.console import PREFIX, say
 
-
-def say(message: str) -> None:
-  """One console line, on process 0 only."""
-  if jax.process_index() == 0:
-    print(f"{PREFIX} {message}", flush=True)
+__all__ = ["PREFIX", "say", "progress_line", "parameter_summary"]
 
 
 def _duration(seconds: float) -> str:
@@ -65,29 +59,3 @@ def parameter_summary(params: Any, name: str) -> str:
   total = sum(counts.values())
   by = ", ".join(f"{k} {v / 1e6:.2f} M" for k, v in counts.items())
   return f"{name}: {total / 1e6:.2f} M parameters ({by})"
-
-
-class _ConsoleFilter(pyl.Filter):
-  """Warnings and errors only, unless TERRAFM_VERBOSE=1."""
-
-  def filter(self, record: pyl.LogRecord) -> bool:
-    return record.levelno >= pyl.WARNING
-
-
-def configure(workdir: str | None, verbose: bool) -> str | None:
-  """Console: warnings only (unless verbose); the full INFO log goes to <workdir>/train.log for a
-  local workdir. Returns the log file path (None for a remote workdir or when verbose)."""
-  from absl import logging  # pylint: disable=g-import-not-at-top
-  if verbose or os.environ.get("TERRAFM_VERBOSE", "0") == "1":
-    return None
-  logging.get_absl_handler().addFilter(_ConsoleFilter())
-  if not workdir or "://" in workdir:
-    return None
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, "train.log" if jax.process_index() == 0
-                      else f"train.{jax.process_index()}.log")
-  handler = pyl.FileHandler(path)
-  handler.setFormatter(logging.PythonFormatter())
-  handler.setLevel(pyl.INFO)
-  pyl.getLogger().addHandler(handler)
-  return path

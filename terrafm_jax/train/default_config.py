@@ -129,7 +129,7 @@ def get_base_config(variant: str = "B/16") -> ml_collections.ConfigDict:
   # XLA options for the train step on the CPU backend only (ignored on GPU/TPU): (name, value)
   # pairs, e.g. (("xla_cpu_experimental_ynn_fusion_type",
   # "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE"),): S/16 1.05x, B/16 0.95x on a 2-core
-  # EPYC (docs/RESULTS.md 8, issue #9), so not the default.
+  # EPYC (measured with bench/ab_step.py, issue #9), so not the default.
   c.xla_cpu_options = ()
 
   # Learning check at the end of the run: kNN on a held-out labelled set, trained vs random init.

@@ -107,8 +107,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   and end-of-run evaluations the entry point hands in, train/hooks.py) add."""
   default_config.validate(config)
   hooks_lib.check_all(hooks, config)
-  workdir = workdir_lib.resolve(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
+  workdir = workdir_lib.make_workdir(workdir)
   is_main = jax.process_index() == 0
   if not is_main:
     logging.set_verbosity(logging.WARNING)

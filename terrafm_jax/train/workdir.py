@@ -8,9 +8,10 @@ own GCS driver.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from typing import Any
+from typing import Any, Iterator
 
 from absl import logging
 from etils import epath
@@ -27,6 +28,37 @@ def resolve(path: str | os.PathLike[str]) -> epath.Path:
   if is_remote(text):
     return epath.Path(text)
   return epath.Path(os.path.abspath(os.path.expanduser(text)))
+
+
+class StorageError(ValueError):
+  """A path the user gave cannot be reached (no network, no credentials, no such bucket); a
+  ValueError, as any other unusable value of a flag, so every entry point reports it in one line."""
+
+
+@contextlib.contextmanager
+def reaching(path: str | os.PathLike[str], what: str = "workdir") -> Iterator[None]:
+  """Errors of the storage client under a remote path (gcsfs' and aiohttp's: DNS, credentials,
+  HTTP) end in one message that names the user's path, not the storage host."""
+  try:
+    yield
+  except (FileNotFoundError, ValueError):
+    raise
+  except Exception as e:  # pylint: disable=broad-except  (only URI paths are rewritten)
+    if not is_remote(path):
+      raise
+    cause = str(e).splitlines()[0] if str(e) else ""
+    raise StorageError(f"cannot reach the {what} {path}: {type(e).__name__}"
+                       f"{': ' + cause if cause else ''}. Check the network, the credentials "
+                       "(GOOGLE_APPLICATION_CREDENTIALS or the host's service account) and that "
+                       "the bucket exists.") from e
+
+
+def make_workdir(path: str | os.PathLike[str]) -> epath.Path:
+  """resolve() and create it; a remote one that cannot be reached is one StorageError."""
+  workdir = resolve(path)
+  with reaching(path):
+    workdir.mkdir(parents=True, exist_ok=True)
+  return workdir
 
 
 def append_jsonl(path: epath.Path, row: dict[str, Any]) -> None:

@@ -70,6 +70,11 @@ def test_cli_knn_from_each_weight_source(source, trained_workdir, exported_pth, 
       "--config=configs/eval.py:tiny", "--task=eosamples/lulc-s2_l2a", "--protocol=knn",
       f"--weights={weights}", f"--out_dir={out}"])
   assert "eosamples/lulc-s2_l2a knn default: accuracy" in proc.stdout
+  # The console is a few lines (absl / Orbax INFO and library warnings go to eval.log only).
+  assert not [l for l in proc.stderr.splitlines() if l[:1] in "IW" and l[1:5].isdigit()], \
+      proc.stderr[-3000:]
+  assert len(proc.stdout.splitlines()) <= 10, proc.stdout
+  assert "Restoring checkpoint" in (out / "eval.log").read_text() or source != "workdir"
   rows = json.loads((out / "results.json").read_text())
   assert len(rows) == 1
   row = rows[0]
@@ -84,10 +89,12 @@ def test_cli_knn_from_each_weight_source(source, trained_workdir, exported_pth, 
 
 def test_cli_usage_and_data_errors(tmp_path, run_mod):
   p = run_mod("terrafm_jax.eval", ["--task=nope/x", "--weights=random:Mu/8"], expect_rc=2)
-  assert "unknown task" in p.stderr
+  assert "unknown task" in p.stderr and p.stderr.strip().splitlines()[-1].startswith(
+      "[terrafm] ERROR:")
   p = run_mod("terrafm_jax.eval", ["--task=geobench/m-eurosat", "--weights=random:Mu/8"],
                  expect_rc=2)
   assert "--data_root" in p.stderr
   p = run_mod("terrafm_jax.eval", ["--task=geobench/m-eurosat", "--weights=random:Mu/8",
-                                      f"--data_root={tmp_path}"], expect_rc=1)
+                                      f"--data_root={tmp_path}", f"--out_dir={tmp_path / 'o'}"],
+              expect_rc=1)
   assert str(tmp_path) in p.stderr  # random weights loaded, then the data folder refused

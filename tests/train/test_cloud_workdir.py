@@ -113,3 +113,26 @@ def test_gs_workdir_writes_and_resumes_through_the_bucket(tmp_path, gcs_env, env
   assert "patch_embed" in teacher
   contract = checkpoint.restore_contract(f"{run}/checkpoints")
   assert contract.modalities[0].name == "s1"
+
+
+def test_unreachable_bucket_is_one_error_naming_the_users_path():
+  """What gcsfs raises without network (aiohttp's DNS error names the GCS host, not the path)
+  becomes one StorageError that names the workdir; local paths and our own errors pass through."""
+  import pytest
+  from terrafm_jax.train import workdir as workdir_lib
+
+  class ClientConnectorDNSError(OSError):  # the shape of aiohttp's, without aiohttp's constructor
+    pass
+
+  with pytest.raises(workdir_lib.StorageError) as e:
+    with workdir_lib.reaching("gs://my-bucket/run7"):
+      raise ClientConnectorDNSError("Cannot connect to host storage.googleapis.com:443 ssl:default")
+  msg = str(e.value)
+  assert msg.startswith("cannot reach the workdir gs://my-bucket/run7: ClientConnectorDNSError")
+  assert isinstance(e.value, ValueError)  # every entry point reports it in one line (exit 1)
+  with pytest.raises(ClientConnectorDNSError):
+    with workdir_lib.reaching("/local/run"):
+      raise ClientConnectorDNSError("local paths are not rewritten")
+  with pytest.raises(FileNotFoundError):
+    with workdir_lib.reaching("gs://my-bucket/run7"):
+      raise FileNotFoundError("gs://my-bucket/run7/checkpoints")
