@@ -27,7 +27,7 @@ sys.path[:0] = [p for p in (_ROOT, os.path.join(_ROOT, "bench")) if p not in sys
 import compare_torch  # noqa: E402
 import interleave  # noqa: E402
 from terrafm_jax.data.contract import MODALITIES  # noqa: E402
-from terrafm_jax.train import data_source, trainer  # noqa: E402
+from terrafm_jax.train import data_source, run_setup  # noqa: E402
 
 
 def parse_set(item: str) -> tuple[str, object]:
@@ -101,7 +101,7 @@ def main():
   if xla_options:
     t0 = time.perf_counter()
     # On top of the config's own CPU options (config.xla_cpu_options), which A compiles with.
-    base = trainer.compiler_options(b.config, "cpu") or {}
+    base = run_setup.compiler_options(b.config, "cpu") or {}
     b.compiled = b.lowered.compile(compiler_options={**base, **xla_options})
     b.compile_s = time.perf_counter() - t0
   print(f"B = A with {what}\ncompile: A {a.compile_s:.1f} s, B {b.compile_s:.1f} s; model FLOPs/step "

@@ -66,7 +66,7 @@ from terrafm_jax.models import terrafm, variants  # noqa: E402
 from terrafm_jax.train import data_source, metrics, optim, schedules, sharding  # noqa: E402
 from terrafm_jax.train import state as state_lib  # noqa: E402
 from terrafm_jax.train import step as step_lib  # noqa: E402
-from terrafm_jax.train import trainer  # noqa: E402
+from terrafm_jax.train import run_setup  # noqa: E402
 from terrafm_jax.train import views as views_lib  # noqa: E402
 
 MODALITY = "s2_l1c"
@@ -174,7 +174,7 @@ class JaxStep:
     with jax.set_mesh(mesh), __import__("flax").linen.logical_axis_rules(rules):
       t0 = time.perf_counter()
       self.lowered = fn.lower(self.state, self.batches[0])
-      self.compiled = self.lowered.compile(compiler_options=trainer.compiler_options(config, "cpu"))
+      self.compiled = self.lowered.compile(compiler_options=run_setup.compiler_options(config, "cpu"))
       self.compile_s = time.perf_counter() - t0
       self.views_c = views_fn.lower(self.batches[0]).compile()
     self.flops = xla_flops(self.compiled)

@@ -17,7 +17,7 @@ from terrafm_jax.data.contract import DEFAULT_CONTRACT
 from terrafm_jax.models import terrafm
 from terrafm_jax.train import data_source, metrics, optim, schedules, sharding, state as state_lib
 from terrafm_jax.train import step as step_lib
-from terrafm_jax.train import trainer
+from terrafm_jax.train import run_setup
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/smoke.py:test", "config file")
 _STEPS = flags.DEFINE_integer("steps", 10, "timed steps (after 2 warm-up steps)")
@@ -50,7 +50,7 @@ def main(_):
                donate_argnums=(0,))
   with jax.set_mesh(mesh), __import__("flax").linen.logical_axis_rules(rules):
     t0 = time.time()
-    compiled = fn.lower(st, batches[0]).compile(compiler_options=trainer.compiler_options(config, "cpu"))
+    compiled = fn.lower(st, batches[0]).compile(compiler_options=run_setup.compiler_options(config, "cpu"))
     compile_s = time.time() - t0
     memory = metrics.log_memory_analysis(compiled)
     print(f"compile {compile_s:.1f} s; memory {memory}")

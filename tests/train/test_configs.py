@@ -81,14 +81,14 @@ def test_cli_rejects_bad_override(cli):
 
 
 def test_xla_cpu_options_reach_the_cpu_compile_only_when_set():
-  from terrafm_jax.train import trainer
+  from terrafm_jax.train import run_setup
   c = _load("terrafm_b").get_config()
-  assert trainer.compiler_options(c, "cpu") is None  # default: XLA's own
+  assert run_setup.compiler_options(c, "cpu") is None  # default: XLA's own
   c.xla_cpu_options = (("xla_cpu_experimental_ynn_fusion_type",
                         "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE"),)
-  assert trainer.compiler_options(c, "cpu") == {  # chosen by the platform compiled for
+  assert run_setup.compiler_options(c, "cpu") == {  # chosen by the platform compiled for
       "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
-  assert trainer.compiler_options(c, "tpu") is None
+  assert run_setup.compiler_options(c, "tpu") is None
 
 
 def test_cli_overrides_xla_cpu_options(cli):
@@ -153,22 +153,22 @@ def test_data_errors_are_not_reported_as_configuration(tmp_path, cli):
 
 
 def test_unlabelled_data_stops_dual_centering_unless_opted_out():
-  from terrafm_jax.train import default_config, trainer
+  from terrafm_jax.train import default_config, run_setup
   c = _load("smoke").get_config(None)
   with pytest.raises(default_config.ConfigError, match="no land-cover labels"):
-    trainer._check_landcover(c, 0.0)  # pylint: disable=protected-access
-  assert trainer._check_landcover(c, 0.7) == "active"  # pylint: disable=protected-access
+    run_setup.check_landcover(c, 0.0)
+  assert run_setup.check_landcover(c, 0.7) == "active"
   c.dino.alpha = 1.0
-  assert trainer._check_landcover(c, 0.0).startswith("off")  # pylint: disable=protected-access
+  assert run_setup.check_landcover(c, 0.0).startswith("off")
   c.dino.alpha = 0.8
   c.dino.allow_unlabelled = True
-  assert trainer._check_landcover(c, 0.0).startswith("inactive")  # pylint: disable=protected-access
+  assert run_setup.check_landcover(c, 0.0).startswith("inactive")
 
 
 def test_local_workdir_with_several_processes_warns_once(caplog):
   import logging
   from terrafm_jax.train import workdir
-  workdir._warned_local = False  # pylint: disable=protected-access
+  workdir._warned_local = False
   with caplog.at_level(logging.WARNING):
     workdir.warn_if_local_multiprocess(workdir.resolve("/tmp/run"), 2)
     workdir.warn_if_local_multiprocess(workdir.resolve("/tmp/run"), 2)
