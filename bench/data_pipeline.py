@@ -22,6 +22,7 @@ import time
 
 from terrafm_jax.data import crops as crops_lib
 from terrafm_jax.data import pipeline
+from terrafm_jax.data import prepared as prepared_lib
 from terrafm_jax.data import prepare as prepare_lib
 from terrafm_jax.data import synthetic
 
@@ -90,7 +91,7 @@ def main() -> None:
   shard_bytes = sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d)
                     if ".array_record-" in f)
   # decode only: record read + deserialize, one thread
-  prep = pipeline.load_prepared(d)
+  prep = prepared_lib.load_prepared(d)
   dec = pipeline._ReadDecode(prep)
   dec((0, 0))
   t = time.perf_counter()

@@ -27,19 +27,16 @@ Grain iterator state (a position) restores it exactly.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
-import json
-import os
 import sys
 from typing import Any
 
 import numpy as np
-from etils import epath
 
 from terrafm_jax.data import contract as contract_lib
 from terrafm_jax.data import crops as crops_lib
 from terrafm_jax.data import modality_groups
+from terrafm_jax.data import prepared as prepared_lib
 from terrafm_jax.data import resumable
 from terrafm_jax.data import sampling as sampling_lib
 from terrafm_jax.data import shm_ring
@@ -49,94 +46,6 @@ STREAM_LENGTH = 1 << 40
 # Worker processes hand tiles over in reused shared-memory slots (shm_ring.py); False: Grain's
 # own transfer (a fresh shared-memory block per array), kept for bench/data_pipeline.py.
 REUSE_WORKER_SHM = True
-
-
-@dataclasses.dataclass
-class PreparedData:
-  """A prepared dataset: shard files, tile index, contract."""
-  dataset_dir: str
-  shard_paths: list[str]
-  index: Any                       # pandas DataFrame, row i = record i
-  contract: contract_lib.InputContract
-  tile_size: int
-
-  @property
-  def num_records(self) -> int:
-    return len(self.index)
-
-  def hist(self) -> np.ndarray:
-    from terrafm_jax.data import landcover  # pylint: disable=g-import-not-at-top
-    return self.index[list(landcover.HIST_COLUMNS)].to_numpy(np.float64)
-
-  def strata(self) -> np.ndarray | None:
-    if "climate" not in self.index or "region" not in self.index:
-      return None
-    s = self.index["climate"].astype(str) + "|" + self.index["region"].astype(str)
-    return None if (s == "|").all() else s.to_numpy()
-
-
-_DATASET_SEARCH_DEPTH = 4  # levels below data_dir searched for dataset_info.json
-
-
-def find_dataset_dir(data_dir: str) -> str:
-  """The prepared dataset at `data_dir` or in the one folder below it (up to 4 levels) that has
-  a dataset_info.json; several at the shallowest level that has any is an error."""
-  root = epath.Path(data_dir)
-  if not root.exists():
-    raise FileNotFoundError(f"{data_dir}: no such prepared data directory")
-  if (root / "dataset_info.json").exists():
-    return str(root)
-  # A parent folder, e.g. prepare's output root (<root>/majortom_tiles/tile534/1.0.0). Non-recursive
-  # globs level by level: epath refuses `**` (on gs:// it could list a whole bucket).
-  found = []
-  for depth in range(1, _DATASET_SEARCH_DEPTH + 1):
-    found = sorted(str(p.parent) for p in root.glob("/".join(["*"] * depth + ["dataset_info.json"])))
-    if found:
-      break
-  if len(found) != 1:
-    raise FileNotFoundError(f"{data_dir}: expected one prepared dataset (dataset_info.json) "
-                            f"within {_DATASET_SEARCH_DEPTH} folder levels, found {len(found)}: "
-                            f"{found[:5]}; pass the dataset's own folder")
-  return found[0]
-
-
-def load_prepared(data_dir: str,
-                  contract: contract_lib.InputContract | None = None) -> PreparedData:
-  """Open a prepared dataset; check `contract` (bands and units) against its contract.json.
-
-  Metadata (index, contract, TFDS info) is read through epath; the ArrayRecord shards are read by
-  file descriptor, so they must be on a mounted filesystem (local disk, NFS, gcsfuse for GCS).
-  """
-  import pandas as pd  # pylint: disable=g-import-not-at-top
-  d = epath.Path(find_dataset_dir(data_dir))
-  for name in ("index.parquet", "contract.json", "features.json"):
-    if not (d / name).exists():
-      raise FileNotFoundError(f"{d} lacks {name}: not a complete terrafm_jax prepared dataset")
-  prepared = contract_lib.InputContract.from_dict(json.loads((d / "contract.json").read_text()),
-                                                  where=str(d / "contract.json"))
-  # Order and units must match; the statistics used on the device are the caller's.
-  contract_lib.DEFAULT_CONTRACT.check_compatible(prepared, what=str(d), check_stats=False)
-  if contract is not None:
-    contract.check_compatible(prepared, what=str(d), check_stats=False)
-  info = json.loads((d / "dataset_info.json").read_text())
-  split = [s for s in info["splits"] if s["name"] == "train"][0]
-  n = len(split["shardLengths"])
-  name = info["name"]
-  paths = [str(d / f"{name}-train.array_record-{i:05d}-of-{n:05d}") for i in range(n)]
-  if "://" in str(d):
-    raise ValueError(f"{d}: ArrayRecord shards are read from a mounted filesystem; mount the "
-                     "bucket (e.g. gcsfuse) and pass the mount path as config.data.data_dir")
-  missing = [p for p in paths if not os.path.exists(p)]
-  if missing:
-    raise FileNotFoundError(f"missing shard files: {missing[:3]}")
-  with (d / "index.parquet").open("rb") as f:
-    index = pd.read_parquet(f)
-  total = sum(int(x) for x in split["shardLengths"])
-  if total != len(index):
-    raise ValueError(f"{d}: index has {len(index)} rows but the shards hold {total} records")
-  features = json.loads((d / "features.json").read_text())
-  shape = features["featuresDict"]["features"]["s2_l2a"]["tensor"]["shape"]["dimensions"]
-  return PreparedData(str(d), paths, index, contract or prepared, int(shape[0]))
 
 
 class _Positions:
@@ -159,7 +68,7 @@ class _Positions:
 class _ReadDecode:
   """(k, record) -> decoded tile dict; the readers open lazily in each worker process."""
 
-  def __init__(self, prepared: PreparedData):
+  def __init__(self, prepared: prepared_lib.PreparedData):
     self._paths = prepared.shard_paths
     self._dir = prepared.dataset_dir
     self._tile_index = prepared.index["tile_index"].to_numpy(np.int64)
@@ -228,7 +137,7 @@ def ensure_absl_flags_parsed() -> None:
     flags.FLAGS(sys.argv[:1] or ["terrafm"], known_only=True)
 
 
-def make_sampler(prepared: PreparedData, sampling: sampling_lib.SamplingConfig,
+def make_sampler(prepared: prepared_lib.PreparedData, sampling: sampling_lib.SamplingConfig,
                  seed: int) -> sampling_lib.StratifiedSampler:
   hist = prepared.hist()
   weights = sampling_lib.tile_weights(hist, prepared.index["water_only"].to_numpy(bool),
@@ -249,10 +158,10 @@ def make_train_dataset(data_dir: str, *, global_batch_size: int, seed: int,
                        process_index: int | None = None, process_count: int | None = None,
                        worker_count: int = 0, worker_buffer_size: int = 2,
                        contract: contract_lib.InputContract | None = None,
-                       start_batch: int = 0, prepared: PreparedData | None = None,
+                       start_batch: int = 0, prepared: prepared_lib.PreparedData | None = None,
                        group_block: int = 0, return_slots: bool = False):
   """The Grain IterDataset behind `make_train_iterator` (from global batch `start_batch` on),
-  and its PreparedData (and, with `return_slots`, the worker shared-memory owner or None)."""
+  and its prepared_lib.PreparedData (and, with `return_slots`, the worker shared-memory owner or None)."""
   import grain  # pylint: disable=g-import-not-at-top
   if process_index is None or process_count is None:
     import jax  # pylint: disable=g-import-not-at-top
@@ -263,7 +172,7 @@ def make_train_dataset(data_dir: str, *, global_batch_size: int, seed: int,
                      f"process_count {process_count}")
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index {process_index} not in [0, {process_count})")
-  prepared = prepared or load_prepared(data_dir, contract)
+  prepared = prepared or prepared_lib.load_prepared(data_dir, contract)
   if prepared.num_records == 0:
     raise ValueError(f"{prepared.dataset_dir} holds no tile")
   local = global_batch_size // process_count
@@ -336,7 +245,7 @@ def make_train_iterator(data_dir: str, *, global_batch_size: int, seed: int,
   the global batch position, so it restores onto any process or worker count. `group_block` > 0:
   fixed modality-group sizes per block of that many samples (data/modality_groups.py), adding
   "student_groups" / "teacher_groups"."""
-  prepared = load_prepared(data_dir, contract)
+  prepared = prepared_lib.load_prepared(data_dir, contract)
 
   def make(start_batch: int):
     ds, _, slots = make_train_dataset(
@@ -368,7 +277,7 @@ def exposure_counts(data_dir: str, *, seed: int, num_samples: int,
                     ) -> dict[str, Any]:
   """Per-class exposure of the first `num_samples` global samples (exact, no data read)."""
   from terrafm_jax.data import landcover  # pylint: disable=g-import-not-at-top
-  prepared = load_prepared(data_dir)
+  prepared = prepared_lib.load_prepared(data_dir)
   sampler = make_sampler(prepared, sampling, seed)
   e = sampler.exposure(0, num_samples)
   return {"classes": landcover.CLASS_NAMES, "pixels": e["pixels"].tolist(),

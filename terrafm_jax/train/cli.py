@@ -75,7 +75,7 @@ def main(argv, extra_hooks=()) -> None:
   if log_file:
     console.say(f"full log: {log_file} (--verbose or TERRAFM_VERBOSE=1 shows it here)")
   from terrafm_jax.data.errors import BadInputError  # pylint: disable=g-import-not-at-top
-  from terrafm_jax.train import default_config  # pylint: disable=g-import-not-at-top
+  from terrafm_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
   from terrafm_jax.train import trainer  # pylint: disable=g-import-not-at-top
   from terrafm_jax.eval import run_hooks  # pylint: disable=g-import-not-at-top
   try:
@@ -85,7 +85,7 @@ def main(argv, extra_hooks=()) -> None:
     logging.info("training stopped: %s", e)
     console.error(str(e))
     sys.exit(3)
-  except default_config.ConfigError as e:  # invalid config values: one clear line
+  except ConfigError as e:  # invalid config values: one clear line
     logging.info("invalid configuration: %s", e)
     console.error(f"invalid configuration: {e}")
     sys.exit(2)
@@ -107,14 +107,14 @@ def main(argv, extra_hooks=()) -> None:
 
 
 def _dry_run(topology: str) -> int:
-  from terrafm_jax.train import default_config  # pylint: disable=g-import-not-at-top
+  from terrafm_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
   from terrafm_jax.train import dry_run  # pylint: disable=g-import-not-at-top
   try:
     report = dry_run.run(_CONFIG.value, topology, _WORKDIR.value)
   except dry_run.DoesNotFit as e:
     print(f"[terrafm] {e}", file=sys.stderr)
     return 4
-  except default_config.ConfigError as e:
+  except ConfigError as e:
     console.error(f"invalid configuration: {e}")
     return 2
   print("\n".join(f"[terrafm] {line}" for line in report.lines()), flush=True)

@@ -27,11 +27,13 @@ import ml_collections
 import numpy as np
 from etils import epath
 
+from terrafm_jax.errors import ConfigError
 from terrafm_jax.data import contract as contract_lib
 from terrafm_jax.data import prepare_options
 from terrafm_jax.train import assemble
 from terrafm_jax.train import data_source
-from terrafm_jax.train import default_config
+from terrafm_jax.train import random_batches
+from terrafm_jax.train import config_checks
 from terrafm_jax.train import run_plan
 from terrafm_jax.train import sharding as sharding_lib
 
@@ -103,7 +105,7 @@ def topology_devices(name: str) -> tuple[str, list[Any]]:
   """(topology, devices) for "v5e:2x2" or a slice name such as "v5e-64"."""
   topology = SLICES.get(name, name)
   if not re.fullmatch(r"v\d+[a-z]*:\d+(x\d+){1,2}", topology):
-    raise default_config.ConfigError(
+    raise ConfigError(
         f"--dry_run={name!r}: expected a topology such as v5e:2x2 or v4:2x2x4, or one of "
         f"{', '.join(SLICES)}")
   # A compile-only use of libtpu: another process (a test worker, a trainer) may hold its lock.
@@ -134,7 +136,7 @@ def abstract_batch(config: ml_collections.ConfigDict, mesh, tile_size: int) -> d
   probe.global_batch_size = max(int(config.data.group_block), 1) * jax.device_count()
   probe.mesh.data, probe.mesh.fsdp, probe.mesh.model = -1, 1, 1
   probe_plan = run_plan.resolve(probe, probe.global_batch_size, jax.device_count())
-  one = next(data_source.RandomBatches(probe_plan, 0, 1))
+  one = next(random_batches.RandomBatches(probe_plan, 0, 1))
   return {k: jax.ShapeDtypeStruct((config.global_batch_size,) + one[k].shape[1:], one[k].dtype,
                                   sharding=sharding_lib.batch_sharding(mesh, one[k].ndim))
           for k in data_source.step_keys(config)}
@@ -177,7 +179,7 @@ def run(config: ml_collections.ConfigDict, topology_name: str, workdir: str | No
   config = ml_collections.ConfigDict(config.to_dict())
   if config.data.source == "pipeline" and not config.data.data_dir:
     config.data.source = "random"  # the step's shapes come from the config, no data is read
-  default_config.validate(config)
+  config_checks.validate(config)
   topology, devices = topology_devices(topology_name)
   mesh = sharding_lib.make_mesh(config.mesh, devices)
   if config.data.num_examples > 0:
@@ -186,8 +188,8 @@ def run(config: ml_collections.ConfigDict, topology_name: str, workdir: str | No
     num_examples = 1000 * config.global_batch_size
   try:  # the same plan the trainer resolves, on this topology's chips
     plan = run_plan.resolve(config, num_examples, len(devices))
-  except default_config.ConfigError as e:
-    raise default_config.ConfigError(f"{e} (on {topology})") from None
+  except ConfigError as e:
+    raise ConfigError(f"{e} (on {topology})") from None
   config = plan.config
   if tile_size is None:
     tile_size = (config.data.builtin.tile_size if config.data.builtin.enabled

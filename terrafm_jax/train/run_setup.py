@@ -14,11 +14,11 @@ import ml_collections
 from absl import logging
 from etils import epath
 
+from terrafm_jax.errors import ConfigError
 from terrafm_jax.train import assemble
 from terrafm_jax.train import checkpoint as ckpt_lib
 from terrafm_jax.train import console
 from terrafm_jax.train import data_source
-from terrafm_jax.train import default_config
 from terrafm_jax.train import metrics as metrics_lib
 from terrafm_jax.train import run_plan
 from terrafm_jax.train import sharding as sharding_lib
@@ -65,7 +65,7 @@ def check_landcover(config: ml_collections.ConfigDict, labelled_fraction: float)
          "land-cover center c_h never updates and the loss is DINO with "
          f"{config.dino.alpha} x c centering, not TerraFM's dual centering")
   if not config.dino.allow_unlabelled:
-    raise default_config.ConfigError(
+    raise ConfigError(
         f"{msg}. Prepare the data with WorldCover (--landcover), or set config.dino.alpha=1.0 "
         "(plain DINO centering) or config.dino.allow_unlabelled=True to train anyway.")
   logging.warning("%s (config.dino.allow_unlabelled=True)", msg)

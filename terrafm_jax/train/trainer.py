@@ -17,7 +17,7 @@ from absl import logging
 from terrafm_jax.train import checkpoint as ckpt_lib
 from terrafm_jax.train import console
 from terrafm_jax.train import data_source
-from terrafm_jax.train import default_config
+from terrafm_jax.train import config_checks
 from terrafm_jax.train import hooks as hooks_lib
 from terrafm_jax.train import profiling
 from terrafm_jax.train import report as report_lib
@@ -35,7 +35,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        hooks: Sequence[hooks_lib.HookFactory] = ()) -> dict[str, Any]:
   """Train (or resume) in `workdir`; returns the final scalars and what the hooks (the in-loop
   and end-of-run evaluations the entry point hands in, train/hooks.py) add."""
-  default_config.validate(config)
+  config_checks.validate(config)
   hooks_lib.check_all(hooks, config)
   run = run_setup.build(config, workdir)
   config, state, manager, mesh = run.config, run.state, run.manager, run.mesh

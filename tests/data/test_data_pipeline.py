@@ -9,6 +9,7 @@ import pytest
 from terrafm_jax.data import contract as contract_lib
 from terrafm_jax.data import crops as crops_lib
 from terrafm_jax.data import pipeline
+from terrafm_jax.data import prepared as prepared_lib
 from terrafm_jax.data import sampling
 
 CROPS = crops_lib.CropConfig(global_size=32, local_size=16)
@@ -133,7 +134,7 @@ def test_seed_sampling_and_contract_checks(prepared):
 
 
 def test_s1_nodata_is_filled_with_the_contract_mean(prepared):
-  prep = pipeline.load_prepared(prepared)
+  prep = prepared_lib.load_prepared(prepared)
   dec = pipeline._ReadDecode(prep)
   idx = prep.index
   rows = np.flatnonzero((idx["nodata_frac_s1"] > 0) & idx["has_s1"])
@@ -150,7 +151,7 @@ def test_s1_nodata_is_filled_with_the_contract_mean(prepared):
 def test_dataset_found_from_a_parent_folder(prepared, tmp_path):
   # prepare's output root (three levels above the dataset), as the README passes it to the trainer
   root = os.path.dirname(os.path.dirname(os.path.dirname(prepared)))
-  assert pipeline.find_dataset_dir(root) == prepared
+  assert prepared_lib.find_dataset_dir(root) == prepared
   _same(next(_it(root)), next(_it(prepared)))
   # two datasets at the same depth: an error naming both, not a silent pick
   for size in ("tile32", "tile64"):
@@ -158,7 +159,7 @@ def test_dataset_found_from_a_parent_folder(prepared, tmp_path):
     d.mkdir(parents=True)
     (d / "dataset_info.json").write_text("{}")
   with pytest.raises(FileNotFoundError, match="found 2:.*tile32.*tile64"):
-    pipeline.find_dataset_dir(str(tmp_path / "prep"))
+    prepared_lib.find_dataset_dir(str(tmp_path / "prep"))
   (tmp_path / "empty").mkdir()
   with pytest.raises(FileNotFoundError, match="empty: expected one prepared dataset.*found 0"):
-    pipeline.find_dataset_dir(str(tmp_path / "empty"))
+    prepared_lib.find_dataset_dir(str(tmp_path / "empty"))

@@ -26,7 +26,8 @@ def test_inloop_config_errors_stop_before_training(tmp_path, run_mod):
   # The other checks, in-process (the hooks' checks the trainer runs before anything else).
   import importlib.util
   from terrafm_jax.eval import run_hooks
-  from terrafm_jax.train import default_config
+  from terrafm_jax.errors import ConfigError
+  from terrafm_jax.train import config_checks
   from terrafm_jax.train import hooks
   path = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "smoke.py")
   spec = importlib.util.spec_from_file_location("smoke_config", path)
@@ -35,9 +36,9 @@ def test_inloop_config_errors_stop_before_training(tmp_path, run_mod):
   c = smoke.get_config("test")
   c.eval.every_steps = 2
   c.eval.protocol = "seg_linear"
-  default_config.validate(c)  # the training schema leaves config.eval to its hook
-  with pytest.raises(default_config.ConfigError, match="config.eval: .*classification task"):
+  config_checks.validate(c)  # the training schema leaves config.eval to its hook
+  with pytest.raises(ConfigError, match="config.eval: .*classification task"):
     hooks.check_all(run_hooks.default_hooks(), c)
   c.eval.protocol = "finetune"
-  with pytest.raises(default_config.ConfigError, match="too costly"):
+  with pytest.raises(ConfigError, match="too costly"):
     hooks.check_all(run_hooks.default_hooks(), c)

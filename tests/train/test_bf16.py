@@ -13,7 +13,7 @@ jax = pytest.importorskip("jax")
 import jax.numpy as jnp  # noqa: E402
 
 from terrafm_jax.data.contract import DEFAULT_CONTRACT  # noqa: E402
-from terrafm_jax.train import assemble, data_source, run_plan, sharding, state  # noqa: E402
+from terrafm_jax.train import assemble, data_source, random_batches, run_plan, sharding, state  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STEPS = 4
@@ -31,7 +31,7 @@ def _run(dtype: str):
   parts = assemble.build(plan, DEFAULT_CONTRACT, mesh)
   with jax.set_mesh(mesh):
     st = state.create_sharded_state(parts.state_init, parts.shardings, parts.rng, None)
-  batches = data_source.RandomBatches(plan, 0, 1)
+  batches = random_batches.RandomBatches(plan, 0, 1)
   keys = data_source.step_keys(c)
   losses = []
   step = None

@@ -21,13 +21,14 @@ def _load(name):
                                       ("terrafm_l", None), ("smoke", None), ("smoke", "test"),
                                       ("smoke", "transfer")])
 def test_configs_validate(name, arg):
-  from terrafm_jax.train import default_config
+  from terrafm_jax.errors import ConfigError
+  from terrafm_jax.train import config_checks
   c = _load(name).get_config(arg)
   if name != "smoke":  # recipe configs name their prepared data; smoke trains on built-in data
-    with pytest.raises(default_config.ConfigError, match="config.data.data_dir is required"):
-      default_config.validate(c)
+    with pytest.raises(ConfigError, match="config.data.data_dir is required"):
+      config_checks.validate(c)
     c.data.data_dir = "/data/prepared"
-  default_config.validate(c)
+  config_checks.validate(c)
   for v in (c.data.global_scale, c.dino.high_freq_classes, c.logical_axis_rules):
     assert isinstance(v, tuple)
 
@@ -55,7 +56,7 @@ def test_paper_recipe_values():
     ("xla_cpu_options", (("only_a_name",),), "config.xla_cpu_options"),
 ])
 def test_invalid_values_name_the_field(field, value, msg):
-  from terrafm_jax.train import default_config
+  from terrafm_jax.train import config_checks
   c = _load("terrafm_b").get_config()
   node = c
   *parents, leaf = field.split(".")
@@ -63,7 +64,7 @@ def test_invalid_values_name_the_field(field, value, msg):
     node = node[p]
   node[leaf] = value
   with pytest.raises(ValueError, match=msg.replace(".", r"\.")):
-    default_config.validate(c)
+    config_checks.validate(c)
 
 
 def test_mesh_shape_errors():
@@ -153,9 +154,10 @@ def test_data_errors_are_not_reported_as_configuration(tmp_path, cli):
 
 
 def test_unlabelled_data_stops_dual_centering_unless_opted_out():
-  from terrafm_jax.train import default_config, run_setup
+  from terrafm_jax.errors import ConfigError
+  from terrafm_jax.train import run_setup
   c = _load("smoke").get_config(None)
-  with pytest.raises(default_config.ConfigError, match="no land-cover labels"):
+  with pytest.raises(ConfigError, match="no land-cover labels"):
     run_setup.check_landcover(c, 0.0)
   assert run_setup.check_landcover(c, 0.7) == "active"
   c.dino.alpha = 1.0

@@ -70,8 +70,9 @@ def test_does_not_fit_names_what_to_change(auto_report, monkeypatch):
 
 
 def test_unknown_topology_is_a_config_error():
-  from terrafm_jax.train import default_config, dry_run
-  with pytest.raises(default_config.ConfigError, match="--dry_run='v5e-7'"):
+  from terrafm_jax.errors import ConfigError
+  from terrafm_jax.train import dry_run
+  with pytest.raises(ConfigError, match="--dry_run='v5e-7'"):
     dry_run.topology_devices("v5e-7")
 
 

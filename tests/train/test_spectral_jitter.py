@@ -37,7 +37,8 @@ def test_gain_applies_to_reflectance_per_view_and_band():
 
 
 def test_off_by_default_and_deterministic():
-  from terrafm_jax.train import default_config
+  from terrafm_jax.errors import ConfigError
+  from terrafm_jax.train import config_checks, default_config
   c = default_config.get_base_config("Mu/8")
   assert tuple(c.data.spectral_jitter) == (0.0, 0.0)
   views = {"s2_l2a": jnp.ones((2, 2, 4, 4, 12))}
@@ -46,5 +47,5 @@ def test_off_by_default_and_deterministic():
   np.testing.assert_array_equal(a["s2_l2a"], b["s2_l2a"])
   c.data.spectral_jitter = (0.1, -0.1)
   import pytest
-  with pytest.raises(default_config.ConfigError, match="spectral_jitter"):
-    default_config.validate(c)
+  with pytest.raises(ConfigError, match="spectral_jitter"):
+    config_checks.validate(c)
