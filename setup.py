@@ -73,7 +73,7 @@ setup(
         "console_scripts": [
             "terrafm-export=terrafm_jax.export.cli:run",
             "terrafm-train=terrafm_jax.train.cli:run",
-            "terrafm-prepare=terrafm_jax.data.prepare_cli:run",
+            "terrafm-prepare=terrafm_jax.data.prepare.cli:run",
             "terrafm-eval=terrafm_jax.eval.cli:run",
             "terrafm-embed=terrafm_jax.embed.cli:run",
         ],

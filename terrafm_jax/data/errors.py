@@ -7,9 +7,9 @@ class BadInputError(ValueError):
 
   The message always names the file and, where known, the parquet row group and column, so that
   one bad sample among millions can be found (and re-downloaded or excluded). `kind` names the
-  defect (e.g. `not_geotiff`, `wrong_crs`, `wrong_size`; majortom_bands.py lists the band checks).
+  defect (e.g. `not_geotiff`, `wrong_crs`, `wrong_size`; majortom/bands.py lists the band checks).
   The per-modality defects of a tile (`all_nodata`, `nan`) use the same class but are not raised
-  out of prepare: they mark that modality unavailable in that tile (rule in majortom.py).
+  out of prepare: they mark that modality unavailable in that tile (rule in majortom/__init__.py).
   """
 
   def __init__(self, reason: str, *, file: str | None = None, row_group: int | None = None,

@@ -1,7 +1,7 @@
 """Opening a prepared dataset: find it under the folder the user gave, check it is complete and
 that its bands and units match, and read its tile index and contract (`PreparedData`).
 
-The prepare stage (data/prepare*.py) writes it; the streaming pipeline (data/pipeline.py) and the
+The prepare stage (data/prepare/) writes it; the streaming pipeline (data/pipeline.py) and the
 trainer read it through `load_prepared`.
 """
 from __future__ import annotations

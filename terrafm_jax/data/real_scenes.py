@@ -176,7 +176,7 @@ def _eolearn(path: str) -> list[RealScene]:
 
 def eo_samples_root() -> str:
   """The eo_samples folder beside the checkout (../shared/eo_samples): the real scenes of the
-  built-in set and the evaluation samples (eval/eosamples.py, eval/eurosat.py) default to it."""
+  built-in set and the evaluation samples (eval/readers/eosamples.py, eval/readers/eurosat.py) default to it."""
   here = os.path.dirname(os.path.abspath(__file__))
   return os.path.normpath(os.path.join(here, "..", "..", "..", "shared", "eo_samples"))
 

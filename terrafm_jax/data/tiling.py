@@ -7,7 +7,7 @@ id-less products), removal, B10 dropped; S1 stays dB with NaN nodata (float16).
 
 A modality of a tile with no valid pixel (or with NaN pixels, S1) is left out of that tile and
 reported, the tile keeps its other modalities; a tile with no modality left is dropped (rule in
-majortom.py).
+majortom/__init__.py).
 """
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ the benchmarks use), so the encoder sees exactly what it was trained on:
 
 Per fragment, a modality with no valid pixel in the window (all nodata), or with NaN pixels that
 are not the documented S1 nodata, is unavailable there: the rule prepare applies per tile
-(majortom.py, kinds "all_nodata" and "nan"). A single-modality fragment without it is dropped and
+(data/majortom/__init__.py, kinds "all_nodata" and "nan"). A single-modality fragment without it is dropped and
 counted; a fused fragment keeps its other modalities.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """One part: its cells read (ahead, in a background thread), fragmented, embedded, counted.
 
-Bad input follows prepare's rule (majortom.py): a hard input error of a cell (corrupt parquet or
+Bad input follows prepare's rule (data/majortom/__init__.py): a hard input error of a cell (corrupt parquet or
 band bytes, not a GeoTIFF, wrong CRS / geotransform / size, modalities that cannot be aligned, a
 cell smaller than the fragment) is a `BadInputError` naming file / row group / column; it stops the
 run with on_error="error" and is skipped and counted (per kind, first errors listed) with "skip".

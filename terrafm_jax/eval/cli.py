@@ -84,7 +84,7 @@ def plan(cfg) -> list[tuple[tasks_lib.Task, str, str, str]]:
     root = _DATA_ROOT.value if (_DATA_ROOT.value and single) else cfg.data_roots.get(
         task.benchmark, "")
     if not root and task.benchmark == "eosamples":
-      from terrafm_jax.eval import eosamples
+      from terrafm_jax.eval.readers import eosamples
       root = eosamples.default_root()
     if not root:
       if single:

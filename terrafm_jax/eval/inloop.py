@@ -50,7 +50,7 @@ class InLoopEval:
     self.cfg.seed = config.seed
     root = e.data_root
     if not root and self.task.benchmark == "eosamples":
-      from terrafm_jax.eval import eosamples
+      from terrafm_jax.eval.readers import eosamples
       root = eosamples.default_root()
     self.root = root
     self.splits = runner.open_splits(self.task, root, self.partition, self.cfg)

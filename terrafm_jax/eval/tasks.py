@@ -28,7 +28,7 @@ _S1 = (StemMapping("s1", "s1"),)
 @dataclasses.dataclass(frozen=True)
 class Task:
   name: str                              # "<benchmark>/<dataset>"
-  reader: str                            # module in terrafm_jax.eval with open_split(...)
+  reader: str                            # module in terrafm_jax.eval.readers with open_split(...)
   dataset: str                           # the dataset's own name, passed to the reader
   stems: tuple[StemMapping, ...]         # the band table
   protocols: tuple[str, ...]             # what the paper reports for this task
@@ -42,7 +42,7 @@ class Task:
     return self.name.split("/")[0]
 
   def open(self, root: str, split: str, partition: str = "default") -> EvalSplit:
-    module = importlib.import_module(f"terrafm_jax.eval.{self.reader}")
+    module = importlib.import_module(f"terrafm_jax.eval.readers.{self.reader}")
     return module.open_split(root, self.dataset, split, partition)
 
 
@@ -80,11 +80,11 @@ _ALL = (
     _cb("dfc2020_s1", _S1, ("seg_upernet",), "miou", {"seg_upernet@default": 55.4}),
     _cb("dfc2020_s2", _L1C_13, ("seg_upernet",), "miou", {"seg_upernet@default": 63.8}),
     _cb("lcz_s2", _L1C_10, ("linear",), "accuracy", {"linear@default": 87.0}),
-    # Real labelled pixels in EuroSAT's own file format (eval/eurosat.py): 13 bands with B8A last,
+    # Real labelled pixels in EuroSAT's own file format (eval/readers/eurosat.py): 13 bands with B8A last,
     # mapped by name onto the L1C stem, B10 dropped. The real-pixel learning check reads it too.
     Task("eurosat/ms", "eurosat", "ms", _L1C_13, ("knn", "linear"), "accuracy"),
     # Real pixels, no published numbers: 32 px patches of the five eo_samples scenes, labelled by
-    # their majority land-cover class (eval/eosamples.py), one task per stem.
+    # their majority land-cover class (eval/readers/eosamples.py), one task per stem.
     Task("eosamples/lulc-s1", "eosamples", "lulc", (StemMapping("s1", "s1"),),
          ("knn", "linear"), "accuracy"),
     Task("eosamples/lulc-s2_l1c", "eosamples", "lulc",

@@ -1,7 +1,7 @@
 """The real-pixel learning check: does pretraining beat random init on real EuroSAT images?
 
 Protocol (low variance on a small labelled set, all images used):
-  * features of every image of a EuroSAT MS folder (eval/eurosat.py) through the L1C stem, with
+  * features of every image of a EuroSAT MS folder (eval/readers/eurosat.py) through the L1C stem, with
     the run's input contract and the band table of the `eurosat/ms` task (B10 dropped, B8A moved
     to its contract position by name);
   * leave-one-out weighted k-NN (cosine similarity, the top-k other images vote with
@@ -25,7 +25,7 @@ import numpy as np
 
 from terrafm_jax.data.contract import InputContract
 from terrafm_jax.eval import bands as bands_lib
-from terrafm_jax.eval import eurosat
+from terrafm_jax.eval.readers import eurosat
 from terrafm_jax.eval import features as features_lib
 from terrafm_jax.eval import tasks as tasks_lib
 from terrafm_jax.eval.weights import Weights
@@ -262,7 +262,8 @@ def _scene_path(choice: str) -> str:
   if not choice:
     return ""
   if choice == "auto":
-    from terrafm_jax.eval import eosamples, feature_pca  # pylint: disable=g-import-not-at-top
+    from terrafm_jax.eval import feature_pca
+    from terrafm_jax.eval.readers import eosamples  # pylint: disable=g-import-not-at-top
     path = os.path.join(eosamples.default_root(), feature_pca.DEFAULT_SCENE)
     return path if os.path.exists(path) else ""
   if not os.path.exists(choice):

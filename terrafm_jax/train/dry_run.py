@@ -29,7 +29,7 @@ from etils import epath
 
 from terrafm_jax.errors import ConfigError
 from terrafm_jax.data import contract as contract_lib
-from terrafm_jax.data import prepare_options
+from terrafm_jax.data.prepare import options as prepare_options
 from terrafm_jax.train import assemble
 from terrafm_jax.train import data_source
 from terrafm_jax.train import random_batches

@@ -16,7 +16,7 @@ from affine import Affine
 
 from terrafm_jax.data.contract import DEFAULT_CONTRACT
 from terrafm_jax.eval import bands as bands_lib
-from terrafm_jax.eval.copernicus import open_split
+from terrafm_jax.eval.readers.copernicus import open_split
 from terrafm_jax.eval.dataset import EvalDataError
 
 H, W = 6, 10

@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 import pytest
 
-from terrafm_jax.eval.copernicus import open_split
+from terrafm_jax.eval.readers.copernicus import open_split
 from terrafm_jax.eval.dataset import EvalDataError
 
 LCZ_FILE = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")

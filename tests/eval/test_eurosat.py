@@ -8,7 +8,8 @@ import pytest
 
 from terrafm_jax.data.contract import DEFAULT_CONTRACT
 from terrafm_jax.eval import bands as bands_lib
-from terrafm_jax.eval import eurosat, tasks
+from terrafm_jax.eval import tasks
+from terrafm_jax.eval.readers import eurosat
 from terrafm_jax.eval.dataset import EvalDataError
 
 from tests.eval.conftest import EO_SAMPLES

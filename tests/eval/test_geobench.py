@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import pytest
 
-from terrafm_jax.eval import geobench as reader
+from terrafm_jax.eval.readers import geobench as reader
 from terrafm_jax.eval import safe_pickle
 from terrafm_jax.eval.dataset import EvalDataError
 

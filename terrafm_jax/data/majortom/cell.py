@@ -1,7 +1,7 @@
 """Assembly of one Major-TOM grid cell: every modality's bands on the cell's common 10 m grid.
 
 The reference grid is the 10 m grid of the first modality present among L2A, L1C, S1. Bands are
-validated first (majortom_bands: GeoTIFF only, CRS, geotransform, band count, size). Other
+validated first (majortom/bands.py: GeoTIFF only, CRS, geotransform, band count, size). Other
 modalities on another grid are reprojected (bilinear) when `align == "reproject"` and their
 footprints overlap; a different 10 m size or footprint is a "mismatch" BadInputError.
 """
@@ -14,9 +14,9 @@ import numpy as np
 
 from terrafm_jax.data import harmonize
 from terrafm_jax.data.errors import BadInputError
-from terrafm_jax.data.majortom_bands import (BAND_COLUMNS, REFERENCE_COLUMN, check_cell_bands,
+from terrafm_jax.data.majortom.bands import (BAND_COLUMNS, REFERENCE_COLUMN, check_cell_bands,
                                              read_product)
-from terrafm_jax.data.majortom_index import ProductRef
+from terrafm_jax.data.majortom.index import ProductRef
 
 MIN_FOOTPRINT_OVERLAP = 0.95
 MODALITY_ORDER = ("s2_l2a", "s2_l1c", "s1")   # the first present gives the cell's reference grid

@@ -104,7 +104,7 @@ def open_split(root: str, task: str, split: str, partition: str = "default") -> 
     raise EvalDataError(f"{root}: copernicus/{task} has no partition {partition!r}; "
                         f"partitions that exist: {PARTITIONS}")
   if task == "lcz_s2":
-    from terrafm_jax.eval import copernicus_lcz  # h5py only where needed
+    from terrafm_jax.eval.readers import copernicus_lcz  # h5py only where needed
     return copernicus_lcz.open_lcz(root, split)
   return TiffSplit(_SPECS[task], root, split)
 

@@ -5,7 +5,7 @@
         [--config.tile_size=534] [--config.cells_per_shard=16] [--config.num_workers=8] \
         [--config.on_error=skip] [--config.require="('s1','s2_l1c','s2_l2a')"] \
         [--config.runner=local|beam|generator]
-(`python -m terrafm_jax.data.prepare` is the same; the fields and defaults: prepare_config.py.)
+(`python -m terrafm_jax.data.prepare` is the same; the fields and defaults: prepare/config.py.)
 
 The step is a TensorFlow Datasets builder (`MajorTomTiles`, a `tfds.core.GeneratorBasedBuilder`
 with `manual_dir` = the folder holding `Core-S1RTC/`, `Core-S2L1C/`, `Core-S2L2A/`, any subset, and
@@ -41,7 +41,7 @@ Records: `s1` (T,T,2) float16 dB with NaN nodata, `s2_l1c` / `s2_l2a` (T,T,12) u
 (all zeros if absent or unavailable), `available` (3,) bool, `wc_hist` (11,) float32, `label` int32,
 `tile_index` int64, `grid_cell` text.
 
-Bad input (rule in majortom.py):
+Bad input (rule in data/majortom/__init__.py):
   * hard input errors (corrupt parquet or band bytes, missing band column, band that is not a
     single-band GeoTIFF, wrong CRS / geotransform / size, mismatched modalities) raise
     `BadInputError` naming file / row group / column; with `on_error="skip"` the cell is skipped
@@ -51,22 +51,22 @@ Bad input (rule in majortom.py):
     modality, or without one in `require`, is dropped and counted. Both modes.
 
 Public API: `prepare(majortom_dir, out_dir, options) -> dataset_dir`, `PrepareOptions`,
-`MajorTomTiles`, `dataset_dir(out_dir, tile_size)`; the command line is prepare_cli.py. One concern per module, all
-re-exported here: prepare_options (options, work units), prepare_records (records, index rows,
-report counts), prepare_units (planning, one unit's tiles), prepare_runners (local / Beam writers),
-prepare_outputs (index and side files), prepare_builder (TFDS builder, `prepare`); CLI here.
+`MajorTomTiles`, `dataset_dir(out_dir, tile_size)`. One concern per module, all re-exported
+here: options (options, work units), records (records, index rows, report counts),
+units (planning, one unit's tiles), runners (local / Beam writers), outputs (index and side
+files), builder (TFDS builder, `prepare`); the command line is cli.py (config.py its schema).
 """
 from __future__ import annotations
 
 
-from terrafm_jax.data.prepare_builder import builder_classes, config_name, dataset_dir, prepare
-from terrafm_jax.data.prepare_options import (DATASET_NAME, MAX_REPORTED_ERRORS, VERSION,
+from terrafm_jax.data.prepare.builder import builder_classes, config_name, dataset_dir, prepare
+from terrafm_jax.data.prepare.options import (DATASET_NAME, MAX_REPORTED_ERRORS, VERSION,
                                               WATER_ONLY_THRESHOLD, PrepareOptions, UnitJob)
-from terrafm_jax.data.prepare_outputs import merge_units, write_extras
-from terrafm_jax.data.prepare_records import UnitResult, features, index_row, to_example
-from terrafm_jax.data.prepare_runners import (beam_unit_examples, run_local, unit_done,
+from terrafm_jax.data.prepare.outputs import merge_units, write_extras
+from terrafm_jax.data.prepare.records import UnitResult, features, index_row, to_example
+from terrafm_jax.data.prepare.runners import (beam_unit_examples, run_local, unit_done,
                                               write_unit_local)
-from terrafm_jax.data.prepare_units import iter_unit, plan_units
+from terrafm_jax.data.prepare.units import iter_unit, plan_units
 
 __all__ = [
     "DATASET_NAME", "MAX_REPORTED_ERRORS", "VERSION", "WATER_ONLY_THRESHOLD", "MajorTomTiles",
@@ -82,8 +82,3 @@ def __getattr__(name: str):
     config_cls, builder_cls = builder_classes()
     return builder_cls if name == "MajorTomTiles" else config_cls
   raise AttributeError(name)
-
-
-if __name__ == "__main__":
-  from terrafm_jax.data import prepare_cli  # pylint: disable=g-import-not-at-top
-  prepare_cli.run()

@@ -5,7 +5,7 @@
       --config.beam_pipeline_options=--runner=DirectRunner]
   python -m terrafm_jax.data.prepare ...   (the same)
 
-The fields and their defaults: prepare_config.py (from PrepareOptions). Prints the dataset folder
+The fields and their defaults: prepare/config.py (from PrepareOptions). Prints the dataset folder
 and the report's counts as JSON. Exit code 1 for bad input (one line naming file / row group /
 column), 2 for a bad flag or config value.
 """
@@ -23,13 +23,13 @@ from ml_collections import config_flags
 from terrafm_jax import config_schema
 from terrafm_jax import console
 from terrafm_jax.data.errors import BadInputError
-from terrafm_jax.data.prepare_builder import prepare
-from terrafm_jax.data.prepare_config import REQUIRED
-from terrafm_jax.data.prepare_options import PrepareOptions
+from terrafm_jax.data.prepare.builder import prepare
+from terrafm_jax.data.prepare.config import REQUIRED
+from terrafm_jax.data.prepare.options import PrepareOptions
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "prepare_config.py"),
-    "prepare config (default: the built-in schema, terrafm_jax/data/prepare_config.py); "
+    "config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "config.py"),
+    "prepare config (default: the built-in schema, terrafm_jax/data/prepare/config.py); "
     "override fields with --config.<field>=value", lock_config=True)
 
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from terrafm_jax.data import contract as contract_lib
 from terrafm_jax.data import tiling
-from terrafm_jax.data.prepare_options import (DATASET_NAME, MAX_REPORTED_ERRORS, VERSION,
+from terrafm_jax.data.prepare.options import (DATASET_NAME, MAX_REPORTED_ERRORS, VERSION,
                                               PrepareOptions, UnitJob)
 
 

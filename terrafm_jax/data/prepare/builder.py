@@ -1,4 +1,4 @@
-"""The TFDS builder `MajorTomTiles` behind `prepare()` (layout and runners: see prepare.py)."""
+"""The TFDS builder `MajorTomTiles` behind `prepare()` (layout and runners: see prepare/__init__.py)."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,12 +7,12 @@ import os
 import shutil
 from typing import Any
 
-from terrafm_jax.data.prepare_options import (DATASET_DESCRIPTION, DATASET_NAME, VERSION,
+from terrafm_jax.data.prepare.options import (DATASET_DESCRIPTION, DATASET_NAME, VERSION,
                                               PrepareOptions, UnitJob)
-from terrafm_jax.data.prepare_outputs import merge_units, write_extras
-from terrafm_jax.data.prepare_records import features
-from terrafm_jax.data.prepare_runners import beam_unit_examples, run_local
-from terrafm_jax.data.prepare_units import plan_units
+from terrafm_jax.data.prepare.outputs import merge_units, write_extras
+from terrafm_jax.data.prepare.records import features
+from terrafm_jax.data.prepare.runners import beam_unit_examples, run_local
+from terrafm_jax.data.prepare.units import plan_units
 
 
 def _make_builder_classes():
@@ -24,7 +24,7 @@ def _make_builder_classes():
     tile_size: int = 534
 
   class MajorTomTiles(tfds.core.GeneratorBasedBuilder):
-    """Major-TOM Core-S1RTC / S2L1C / S2L2A cut into co-registered tiles (see prepare.py)."""
+    """Major-TOM Core-S1RTC / S2L1C / S2L2A cut into co-registered tiles (see prepare/__init__.py)."""
     name = DATASET_NAME
     VERSION = tfds.core.Version(VERSION)
     BUILDER_CONFIGS = [MajorTomTilesConfig(name="tile534", tile_size=534)]

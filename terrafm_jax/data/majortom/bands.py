@@ -26,7 +26,7 @@ from typing import Callable, Mapping, Sequence, TypeVar
 from terrafm_jax.data import contract as contract_lib
 from terrafm_jax.data import harmonize
 from terrafm_jax.data.errors import BadInputError
-from terrafm_jax.data.majortom_index import ProductRef, cached_parquet, read_row_group
+from terrafm_jax.data.majortom.index import ProductRef, cached_parquet, read_row_group
 
 # Band columns as stored, in contract order; L1C additionally stores B10 (read for the offset
 # decision, then dropped).

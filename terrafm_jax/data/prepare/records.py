@@ -10,7 +10,7 @@ from terrafm_jax.data import contract as contract_lib
 from terrafm_jax.data import landcover as lc_lib
 from terrafm_jax.data import tiling
 from terrafm_jax.data.errors import BadInputError
-from terrafm_jax.data.prepare_options import MAX_REPORTED_ERRORS, WATER_ONLY_THRESHOLD
+from terrafm_jax.data.prepare.options import MAX_REPORTED_ERRORS, WATER_ONLY_THRESHOLD
 
 
 def features(tile_size: int):

@@ -19,7 +19,7 @@ import re
 
 import numpy as np
 
-from terrafm_jax.eval import eosamples
+from terrafm_jax.eval.readers import eosamples
 from terrafm_jax.eval.dataset import EvalDataError, EvalSplit, SourceGroup
 
 # EuroSAT's band order in the .tif files (the data set's documentation; B8A is the 13th band).
@@ -31,7 +31,7 @@ _NAME = re.compile(r"^(?P<cls>[A-Za-z]+)_(?P<n>\d+)\.tif$")
 
 
 def default_root() -> str:
-  """The evaluation subset in the eo_samples folder (eval/eosamples.py's default_root)."""
+  """The evaluation subset in the eo_samples folder (eval/readers/eosamples.py's default_root)."""
   return os.path.join(eosamples.default_root(), "eurosat_ms_subset")
 
 

@@ -9,8 +9,8 @@ from terrafm_jax.data import landcover as lc_lib
 from terrafm_jax.data import majortom
 from terrafm_jax.data import tiling
 from terrafm_jax.data.errors import BadInputError
-from terrafm_jax.data.prepare_options import PrepareOptions, UnitJob
-from terrafm_jax.data.prepare_records import UnitResult
+from terrafm_jax.data.prepare.options import PrepareOptions, UnitJob
+from terrafm_jax.data.prepare.records import UnitResult
 
 
 @functools.lru_cache(maxsize=4)
@@ -23,7 +23,7 @@ def iter_unit(job: UnitJob, result: UnitResult) -> Iterator[tiling.TileRecord]:
 
   A hard input error of a cell raises (skipped into `result` with on_error="skip"); a per-modality
   defect of a tile marks that modality unavailable; a tile left without any (required) modality is
-  dropped and counted, in both modes (rule in majortom.py).
+  dropped and counted, in both modes (rule in data/majortom/__init__.py).
   """
   opts = job.options
   skip = opts.on_error == "skip"

@@ -1,4 +1,4 @@
-"""Options and work units of the prepare step (see prepare.py)."""
+"""Options and work units of the prepare step (see prepare/__init__.py)."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,14 +8,14 @@ import os
 
 from terrafm_jax.data import contract as contract_lib
 from terrafm_jax.data import harmonize
-from terrafm_jax.data.majortom_index import ProductRef
+from terrafm_jax.data.majortom.index import ProductRef
 
 DATASET_NAME = "majortom_tiles"
 VERSION = "1.0.0"
 WATER_ONLY_THRESHOLD = 0.95
 MAX_REPORTED_ERRORS = 200
 # The TFDS `DatasetInfo.description` of a prepared dataset (dataset_info.json). Its own text, so the
-# builder does not import the CLI module prepare.py for its docstring (issue #24: no import circle).
+# builder does not import the CLI module for its docstring (issue #24: no import circle).
 DATASET_DESCRIPTION = (
     "Major-TOM Core-S1RTC / Core-S2L1C / Core-S2L2A (any subset) cut into co-registered tiles "
     "by terrafm_jax.data.prepare (python -m terrafm_jax.data.prepare; layout in its docstring). "

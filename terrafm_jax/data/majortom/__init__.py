@@ -4,9 +4,9 @@
     cell = load_cell({"s2_l2a": folder.refs["454U_120R"], ...})   # harmonised 10 m arrays
 
 One concern per module, all re-exported here:
-  majortom_index  folder index (metadata.parquet or a scan of images/), row-group reads
-  majortom_bands  band decoding (GeoTIFF only) and per-band validation against the product's grid
-  majortom_cell   cell assembly: every modality on the cell's common 10 m grid
+  index  folder index (metadata.parquet or a scan of images/), row-group reads
+  bands  band decoding (GeoTIFF only) and per-band validation against the product's grid
+  cell   cell assembly: every modality on the cell's common 10 m grid
 
 What is an error and what degrades (the rule prepare applies):
   * Hard input errors: the bytes are not what Major-TOM promises, so any pixel written from them
@@ -24,12 +24,12 @@ What is an error and what degrades (the rule prepare applies):
 """
 from __future__ import annotations
 
-from terrafm_jax.data.majortom_bands import (BAND_COLUMNS, COLUMN_GSD_M, REFERENCE_COLUMN,
+from terrafm_jax.data.majortom.bands import (BAND_COLUMNS, COLUMN_GSD_M, REFERENCE_COLUMN,
                                              check_cell_bands, check_georeference, check_sizes,
                                              decode_geotiff, read_product)
-from terrafm_jax.data.majortom_cell import (MIN_FOOTPRINT_OVERLAP, CellData, ModalityData,
+from terrafm_jax.data.majortom.cell import (MIN_FOOTPRINT_OVERLAP, CellData, ModalityData,
                                             cell_from_rasters, load_cell)
-from terrafm_jax.data.majortom_index import (MODALITY_FOLDERS, MajorTomFolder, ProductRef,
+from terrafm_jax.data.majortom.index import (MODALITY_FOLDERS, MajorTomFolder, ProductRef,
                                              cached_parquet, find_modality_folders,
                                              open_parquet, read_row_group)
 

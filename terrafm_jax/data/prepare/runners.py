@@ -9,9 +9,9 @@ import json
 import os
 from typing import Any, Iterator, Sequence
 
-from terrafm_jax.data.prepare_options import UnitJob
-from terrafm_jax.data.prepare_records import UnitResult, features, to_example
-from terrafm_jax.data.prepare_units import iter_unit
+from terrafm_jax.data.prepare.options import UnitJob
+from terrafm_jax.data.prepare.records import UnitResult, features, to_example
+from terrafm_jax.data.prepare.units import iter_unit
 
 
 def _atomic_write(path: str, write) -> None:
