@@ -19,9 +19,9 @@ pids=()
 for ((i = 0; i < nproc_; i++)); do
   JAX_PLATFORMS=cpu \
   XLA_FLAGS="--xla_force_host_platform_device_count=${ndev} ${XLA_FLAGS:-}" \
-  TERRAFM_COORDINATOR="127.0.0.1:${port}" TERRAFM_NUM_PROCESSES="$nproc_" TERRAFM_PROCESS_ID="$i" \
   PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" \
-    "$python_bin" -m terrafm_jax.train "$@" >"$logs/process_$i.log" 2>&1 &
+    "$python_bin" -m terrafm_jax.train --coordinator_address="127.0.0.1:${port}" \
+      --num_processes="$nproc_" --process_id="$i" "$@" >"$logs/process_$i.log" 2>&1 &
   pids+=("$!")
 done
 # Stop all processes if this script is interrupted; a dead peer would leave the others hanging.

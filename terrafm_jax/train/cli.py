@@ -7,8 +7,8 @@ latest complete checkpoint.
 
 Multi-host: `jax.distributed.initialize()` runs when --multihost is set (TPU pods, SLURM and Open MPI
 are auto-detected), or with an explicit coordinator (--coordinator_address, --num_processes,
---process_id; env TERRAFM_COORDINATOR / TERRAFM_NUM_PROCESSES / TERRAFM_PROCESS_ID), e.g. for the
-local CPU launcher, which also selects gloo CPU collectives.
+--process_id), e.g. from the local CPU launcher (launch/local_multiprocess.sh), which also selects
+gloo CPU collectives.
 """
 from __future__ import annotations
 
@@ -29,10 +29,9 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard events, metrics.jsonl.")
 _MULTIHOST = flags.DEFINE_bool("multihost", False,
                                "Call jax.distributed.initialize() with auto-detection.")
-_COORD = flags.DEFINE_string("coordinator_address", os.environ.get("TERRAFM_COORDINATOR", ""),
+_COORD = flags.DEFINE_string("coordinator_address", "",
                              "host:port of process 0 (explicit multi-process).")
-_NPROC = flags.DEFINE_integer("num_processes", int(os.environ.get("TERRAFM_NUM_PROCESSES", "0")),
-                              "Number of processes (explicit multi-process).")
+_NPROC = flags.DEFINE_integer("num_processes", 0, "Number of processes (explicit multi-process).")
 _VERBOSE = flags.DEFINE_bool("verbose", False,
                               "Full INFO log on the console (default: one progress line per log "
                               "interval; the full log is in <workdir>/train.log). Also "
@@ -41,8 +40,7 @@ _DRY_RUN = flags.DEFINE_string(
     "dry_run", "", "Compile the step for this TPU topology (v5e:2x2, v4:2x2x4, v5e-64, ...) on this "
     "host and report HBM per chip, FLOPs, collectives and the attention form; trains nothing "
     "(train/dry_run.py). Exit code 4 if it does not fit.")
-_PID = flags.DEFINE_integer("process_id", int(os.environ.get("TERRAFM_PROCESS_ID", "-1")),
-                            "This process' index (explicit multi-process).")
+_PID = flags.DEFINE_integer("process_id", -1, "This process' index (explicit multi-process).")
 
 
 def _init_distributed() -> None:

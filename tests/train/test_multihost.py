@@ -62,10 +62,9 @@ def _start_processes(args, logs, subprocess_env, n=2, devices=2):
   for i in range(n):
     env = subprocess_env(devices)
     env.pop("JAX_COMPILATION_CACHE_DIR", None)
-    env.update(TERRAFM_COORDINATOR=f"127.0.0.1:{port}", TERRAFM_NUM_PROCESSES=str(n),
-               TERRAFM_PROCESS_ID=str(i))
     log = open(logs / f"process_{i}.log", "w", encoding="utf-8")  # pylint: disable=consider-using-with
-    procs.append((subprocess.Popen([sys.executable, FAULT_TRAIN, *args], cwd=REPO,
+    where = [f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={n}", f"--process_id={i}"]
+    procs.append((subprocess.Popen([sys.executable, FAULT_TRAIN, *where, *args], cwd=REPO,
                                    env=env, stdout=log, stderr=subprocess.STDOUT), log))
   return procs
 
