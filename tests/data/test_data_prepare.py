@@ -10,7 +10,6 @@ import pytest
 from terrafm_jax.data import contract as contract_lib
 from terrafm_jax.data import landcover as lc_lib
 from terrafm_jax.data import prepare as prepare_lib
-from terrafm_jax.data import synthetic
 
 
 def test_tfds_data_source_reads_records_in_index_order(prepared):

@@ -185,7 +185,6 @@ def test_group_block_must_divide_per_shard_batch():
 
 
 def test_dropped_views_leave_loss_and_centers_untouched():
-  import jax
   import jax.numpy as jnp
   from terrafm_jax.train import loss as loss_lib
   rng = np.random.default_rng(0)
@@ -220,7 +219,7 @@ def test_only_needed_modalities_are_cropped():
   import jax
   import jax.numpy as jnp
   from terrafm_jax.models.terrafm import TerraFMEncoder
-  from terrafm_jax.train import run_plan, views as views_lib
+  from terrafm_jax.train import run_plan
   one = crops_lib.CropConfig(modalities=("s2_l1c",))
   q = mg.family_quotas(one, 4)
   assert run_plan.needed_modalities(q) == ("s2_l1c",)
