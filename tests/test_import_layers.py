@@ -211,3 +211,16 @@ def test_allowed_edges_still_break_a_rule():
   fine = sorted((a, b) for a, b in ALLOWED if layer(b) <= layer(a) and (a, b) not in in_cycle)
   assert not fine, "ALLOWED edges that break no rule; delete them from ALLOWED: " + ", ".join(
       f"{a} -> {b}" for a, b in fine)
+
+
+def test_no_test_hooks_in_the_production_code():
+  """Faults and recorders come from the tests (tests/train/fault_train.py, tests/embed/
+  killed_embed.py) through the trainer's hooks, never from switches in the package."""
+  import pathlib
+  root = pathlib.Path(__file__).resolve().parents[1] / PACKAGE
+  banned = ("os._exit", "die_after", "nan_at_step", "record_tiles", "debug_stop", "c.debug")
+  found = [f"{p.relative_to(root.parent)}: {b}" for p in root.rglob("*.py")
+           for b in banned if b in p.read_text(encoding="utf-8")]
+  assert not found, found
+  from terrafm_jax.train import default_config
+  assert "debug" not in default_config.get_base_config("Mu/8")
