@@ -24,6 +24,7 @@ ENTRY_POINT_NAMES = ("cli", "__main__")
 # Package-level modules below every layer: they import nothing from the package, anyone may import
 # them.
 BOTTOM_MODULES = {f"{PACKAGE}.errors", f"{PACKAGE}.platforms", f"{PACKAGE}.config_schema",
+                  f"{PACKAGE}.protocol",
                   f"{PACKAGE}.console"}
 BOTTOM_LAYER = -1
 # terrafm_jax/__init__.py: the lazy `terrafm_jax.load` front door (imports api on first use).

@@ -13,6 +13,8 @@ fine-tuning AdamW, 10 % warm-up, cosine, lr sweep on validation; frozen-encoder 
 """
 import ml_collections
 
+from terrafm_jax import protocol
+
 from terrafm_jax.eval import tasks as tasks_lib
 
 
@@ -32,7 +34,7 @@ def get_eval_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.batch_size = 32              # feature extraction / fine-tuning batch
   c.input_size = -1              # -1: the task's default (native size rounded up to the patch)
   c.max_samples = -1             # cap on samples per split (-1: all), for quick looks
-  c.knn = ml_collections.ConfigDict(dict(k=20, temperature=0.07))
+  c.knn = ml_collections.ConfigDict(dict(k=protocol.KNN_K, temperature=protocol.KNN_TEMPERATURE))
   c.linear = ml_collections.ConfigDict(dict(
       lrs=(1e-4, 3e-4, 1e-3, 3e-3, 1e-2), epochs=50, batch_size=256, weight_decay=1e-4))
   c.finetune = ml_collections.ConfigDict(dict(
@@ -50,7 +52,7 @@ def get_eval_config(arg: str | None = None) -> ml_collections.ConfigDict:
       labels="",             # label file: csv / parquet / geojson / gpkg with a `label_column`
       join="grid_cell",      # grid_cell | geometry (points or polygons; csv: lon, lat)
       label_column="label",
-      ks=(20, 5), folds=5, num_bootstrap=2000))
+      ks=protocol.KNN_KS, folds=5, num_bootstrap=2000))
 
   if arg == "paper":
     c.tasks = tuple(n for n in tasks_lib.TASKS if not n.startswith("eosamples/"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from terrafm_jax import protocol
 from terrafm_jax.eval import metrics
 
 
@@ -35,8 +36,8 @@ def _top_k(train: np.ndarray, queries: np.ndarray, k: int,
 
 
 def knn_predict(train_features: np.ndarray, train_labels: np.ndarray,
-                test_features: np.ndarray, num_classes: int, k: int = 20,
-                temperature: float = 0.07, chunk: int = 1024) -> np.ndarray:
+                test_features: np.ndarray, num_classes: int, k: int = protocol.KNN_K,
+                temperature: float = protocol.KNN_TEMPERATURE, chunk: int = 1024) -> np.ndarray:
   """(n_test,) predicted class indices."""
   k = _check(train_features, train_labels, k)
   train = _normalize(train_features)
@@ -51,13 +52,13 @@ def knn_predict(train_features: np.ndarray, train_labels: np.ndarray,
 
 
 def knn_accuracy(train_features, train_labels, test_features, test_labels, num_classes: int,
-                 k: int = 20, temperature: float = 0.07) -> float:
+                 k: int = protocol.KNN_K, temperature: float = protocol.KNN_TEMPERATURE) -> float:
   pred = knn_predict(train_features, train_labels, test_features, num_classes, k, temperature)
   return float(np.mean(pred == np.asarray(test_labels)))
 
 
 def knn_predict_multilabel(train_features: np.ndarray, train_labels: np.ndarray,
-                           test_features: np.ndarray, k: int = 20, temperature: float = 0.07,
+                           test_features: np.ndarray, k: int = protocol.KNN_K, temperature: float = protocol.KNN_TEMPERATURE,
                            chunk: int = 1024) -> np.ndarray:
   """(n_test, C) int64 0/1: one binary weighted kNN per class (Galileo's multilabel kNN).
 
@@ -81,8 +82,8 @@ def knn_predict_multilabel(train_features: np.ndarray, train_labels: np.ndarray,
           else np.zeros((0, labels.shape[1]), np.int64))
 
 
-def knn_multilabel_f1(train_features, train_labels, test_features, test_labels, k: int = 20,
-                      temperature: float = 0.07) -> float:
+def knn_multilabel_f1(train_features, train_labels, test_features, test_labels, k: int = protocol.KNN_K,
+                      temperature: float = protocol.KNN_TEMPERATURE) -> float:
   """Micro-F1 of `knn_predict_multilabel` (GEO-Bench m-BigEarthNet kNN score)."""
   pred = knn_predict_multilabel(train_features, train_labels, test_features, k, temperature)
   return metrics.micro_f1(pred, test_labels)

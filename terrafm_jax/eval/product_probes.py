@@ -17,6 +17,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from absl import logging
 
+from terrafm_jax import protocol
 from terrafm_jax.eval import linear as linear_lib
 from terrafm_jax.eval import products as products_lib
 from terrafm_jax.eval import transfer_check as tc
@@ -28,8 +29,8 @@ PROTOCOLS = ("knn", "linear")
 
 @dataclasses.dataclass(frozen=True)
 class ProbeSettings:
-  ks: tuple[int, ...] = (20, 5)
-  temperature: float = 0.07
+  ks: tuple[int, ...] = protocol.KNN_KS
+  temperature: float = protocol.KNN_TEMPERATURE
   folds: int = 5
   lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
   epochs: int = 50

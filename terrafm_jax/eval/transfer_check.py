@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from terrafm_jax import protocol
 from terrafm_jax.data.contract import InputContract
 from terrafm_jax.eval import bands as bands_lib
 from terrafm_jax.eval.readers import eurosat
@@ -36,8 +37,8 @@ FEATURE_SETS = ("pretrained", "random_init", "raw_band_stats")
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-  ks: tuple[int, ...] = (20, 5)
-  temperature: float = 0.07
+  ks: tuple[int, ...] = protocol.KNN_KS
+  temperature: float = protocol.KNN_TEMPERATURE
   input_size: int = 64           # EuroSAT's native 64 px; a multiple of the patch size
   pooling: str = "cls"           # cls | mean (of the patch tokens) | cls+mean (concatenated)
   num_bootstrap: int = 2000

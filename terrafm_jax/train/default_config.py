@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from terrafm_jax import protocol
+
 from terrafm_jax.models import axes
 from terrafm_jax.models import config as model_config
 
@@ -131,7 +133,8 @@ def get_base_config(variant: str = "B/16") -> ml_collections.ConfigDict:
 
   # Learning check at the end of the run: kNN on a held-out labelled set, trained vs random init.
   c.knn = ml_collections.ConfigDict(dict(
-      enabled=False, num_cells=32, seed=12345, k=20, temperature=0.07, modality="all",
+      enabled=False, num_cells=32, seed=12345, k=protocol.KNN_K,
+      temperature=protocol.KNN_TEMPERATURE, modality="all",
       img_size=-1, batch_size=64))
 
   # Real-pixel learning check (eval/transfer_check.py): leave-one-out k-NN on the EuroSAT MS
@@ -139,8 +142,8 @@ def get_base_config(variant: str = "B/16") -> ml_collections.ConfigDict:
   # run's random init and raw band statistics, with paired bootstrap intervals at the end of the
   # run; the teacher's accuracy also every `every_steps` (0 = only at the end).
   c.transfer = ml_collections.ConfigDict(dict(
-      enabled=False, data_root="", skip_if_missing=True, every_steps=0, ks=(20, 5),
-      temperature=0.07, input_size=64, pooling="cls", num_bootstrap=2000, seed=0,
+      enabled=False, data_root="", skip_if_missing=True, every_steps=0, ks=protocol.KNN_KS,
+      temperature=protocol.KNN_TEMPERATURE, input_size=64, pooling="cls", num_bootstrap=2000, seed=0,
       # A real L1C scene whose patch features are drawn as PCA-RGB in report.png: "" none,
       # "auto" the eo_samples scene of eval/feature_pca.py if present, or a GeoTIFF path.
       pca_scene=""))
