@@ -49,14 +49,12 @@ class RunPlan:
 
 
 def crop_config(config: ml_collections.ConfigDict) -> crops_lib.CropConfig:
-  """config.data -> the host's crop plan and modality draws."""
+  """config.data -> the host's crop plan and modality draws (every CropConfig field is a field of
+  config.data with the same name; lists from the command line become tuples)."""
   d = config.data
-  return crops_lib.CropConfig(
-      n_global=d.n_global, global_size=d.global_size, global_scale=tuple(d.global_scale),
-      n_local=d.n_local, local_size=d.local_size, local_scale=tuple(d.local_scale),
-      ratio=tuple(d.ratio), flip_p=d.flip_p, modality_reading=d.modality_reading,
-      single_p=d.single_p, keep_p=d.keep_p, granularity=d.granularity,
-      modalities=tuple(d.modalities))
+  return crops_lib.CropConfig(**{
+      f.name: tuple(d[f.name]) if isinstance(d[f.name], (list, tuple)) else d[f.name]
+      for f in dataclasses.fields(crops_lib.CropConfig)})
 
 
 def _group_block(config: ml_collections.ConfigDict, per_shard: int) -> int:
