@@ -23,6 +23,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from terrafm_jax import platforms
 from terrafm_jax.data import harmonize
 from terrafm_jax.data.contract import MODALITIES
 from terrafm_jax.eval import bands as bands_lib
@@ -160,4 +161,7 @@ def load(weights: str, *, step: int | None = None, variant: str | None = None,
          seed: int = 0) -> TerraFM:
   """A workdir, a released-layout .pth/.safetensors (the published TerraFM-B included) or
   "random:<variant>"; see terrafm_jax.eval.weights for the contract rules."""
+  # A notebook with libtpu installed but no TPU: start JAX on the CPU (no libtpu errors), as the
+  # entry points do; an explicit JAX_PLATFORMS or an already started JAX is left alone.
+  platforms.quiet_libtpu_without_tpu()
   return TerraFM(load_weights(weights, step=step, variant=variant, seed=seed))
