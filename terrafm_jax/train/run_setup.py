@@ -61,12 +61,12 @@ def check_landcover(config: ml_collections.ConfigDict, labelled_fraction: float)
   """Dual centering needs land-cover labels; without any, say so (or stop)."""
   if labelled_fraction > 0 or config.dino.alpha >= 1.0 or not config.dino.high_freq_classes:
     return "active" if labelled_fraction > 0 else "off (alpha=1 or no high-frequency classes)"
-  msg = ("the training data has no land-cover labels (prepared without --landcover): the "
+  msg = ("the training data has no land-cover labels (prepared without --config.landcover): the "
          "land-cover center c_h never updates and the loss is DINO with "
          f"{config.dino.alpha} x c centering, not TerraFM's dual centering")
   if not config.dino.allow_unlabelled:
     raise ConfigError(
-        f"{msg}. Prepare the data with WorldCover (--landcover), or set config.dino.alpha=1.0 "
+        f"{msg}. Prepare the data with WorldCover (--config.landcover), or set config.dino.alpha=1.0 "
         "(plain DINO centering) or config.dino.allow_unlabelled=True to train anyway.")
   logging.warning("%s (config.dino.allow_unlabelled=True)", msg)
   return "inactive (no land-cover labels)"
