@@ -218,3 +218,15 @@ def test_cli_takes_config_overrides_and_writes_what_the_api_writes(prepared, syn
 def test_cli_bad_config_is_one_clear_error(args, message, tmp_path):
   p = _prepare_cli(args, tmp_path)
   assert p.returncode in (1, 2) and message in p.stderr, p.stderr[-2000:]
+
+
+def test_cli_wrong_majortom_folder_writes_nothing(tmp_path):
+  empty = tmp_path / "not_majortom"
+  empty.mkdir()
+  for src in (tmp_path / "nonexistent", empty):
+    out = tmp_path / "out"
+    p = _prepare_cli([f"--config.majortom_dir={src}", f"--config.out_dir={out}"], tmp_path)
+    assert p.returncode == 1, p.stderr[-2000:]
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith("[terrafm] ERROR: FileNotFoundError") and str(src) in last, last
+    assert not out.exists()

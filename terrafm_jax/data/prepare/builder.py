@@ -123,6 +123,17 @@ def dataset_dir(out_dir: str, tile_size: int) -> str:
   return os.path.join(out_dir, DATASET_NAME, config_name(tile_size), VERSION)
 
 
+def check_majortom_dir(majortom_dir: str) -> None:
+  """FileNotFoundError naming the folder unless it holds at least one Major-TOM product folder
+  (checked before anything is written, so a wrong path leaves no output behind)."""
+  from terrafm_jax.data.majortom.index import MODALITY_FOLDERS  # pylint: disable=g-import-not-at-top
+  if not os.path.isdir(majortom_dir):
+    raise FileNotFoundError(f"{majortom_dir}: no such Major-TOM folder")
+  if not any(os.path.isdir(os.path.join(majortom_dir, f)) for f in MODALITY_FOLDERS.values()):
+    raise FileNotFoundError(f"{majortom_dir}: none of {', '.join(MODALITY_FOLDERS.values())} "
+                            "inside; point --config.majortom_dir at the folder that holds them")
+
+
 def prepare(majortom_dir: str, out_dir: str, options: PrepareOptions | None = None, *,
             beam_runner: Any = None, beam_options: Any = None) -> str:
   """Run the builder; returns the dataset directory. Skipped when the dataset is complete."""
@@ -133,6 +144,7 @@ def prepare(majortom_dir: str, out_dir: str, options: PrepareOptions | None = No
   if os.path.exists(os.path.join(out, "dataset_info.json")) and os.path.exists(
       os.path.join(out, "index.parquet")):
     return out
+  check_majortom_dir(majortom_dir)
   parts = os.path.join(out_dir, "_parts", config_name(opts.tile_size))
   name = config_name(opts.tile_size)
   # a config listed in BUILDER_CONFIGS must be passed by name, any other as an object

@@ -23,7 +23,7 @@ from ml_collections import config_flags
 from terrafm_jax import config_schema
 from terrafm_jax import console
 from terrafm_jax.data.errors import BadInputError
-from terrafm_jax.data.prepare.builder import prepare
+from terrafm_jax.data.prepare.builder import check_majortom_dir, prepare
 from terrafm_jax.data.prepare.config import REQUIRED
 from terrafm_jax.data.prepare.options import PrepareOptions
 
@@ -49,6 +49,11 @@ def main(argv: Sequence[str]) -> int:
   if opts.runner == "beam":
     from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=g-import-not-at-top
     beam_options = PipelineOptions([o for o in cfg.beam_pipeline_options.split(",") if o])
+  try:
+    check_majortom_dir(cfg.majortom_dir)
+  except FileNotFoundError as e:
+    console.error(f"FileNotFoundError: {e}")
+    return 1
   log_file = console.configure(cfg.out_dir, "prepare")
   if log_file:
     console.say(f"full log: {log_file} (TERRAFM_VERBOSE=1 shows it here)")
