@@ -59,7 +59,7 @@ def dry_run(config: str, topology: str, batch: int, workdir: str, overrides=()) 
   if m:
     row["compile_s"] = float(m.group(1))
   row["fits"] = out.returncode == 0
-  if out.returncode not in (0, 4):
+  if out.returncode not in (0, 4) and "RESOURCE_EXHAUSTED" not in text:
     row["error"] = text.strip().splitlines()[-1] if text.strip() else f"rc {out.returncode}"
   return row
 

@@ -200,9 +200,17 @@ def run(config: ml_collections.ConfigDict, topology_name: str, workdir: str | No
   state = parts.abstract_state()
   rules = sharding_lib.logical_rules(config)
   t0 = time.time()
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    compiled = assemble.jit_step(parts, {k: v.sharding for k, v in batch.items()}, mesh).lower(
-        state, batch).compile()
+  try:
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+      compiled = assemble.jit_step(parts, {k: v.sharding for k, v in batch.items()}, mesh).lower(
+          state, batch).compile()
+  except jax.errors.JaxRuntimeError as e:  # the TPU compiler itself may refuse: out of HBM
+    if "RESOURCE_EXHAUSTED" not in str(e):
+      raise
+    per_chip = config.global_batch_size // len(devices)
+    raise DoesNotFit(f"{topology}: the TPU compiler ran out of HBM for {config.model.variant} at "
+                     f"{per_chip} samples per chip ({str(e).strip().splitlines()[0]}). "
+                     + _advice()) from None
   compile_s = time.time() - t0
   mem = compiled.memory_analysis()
   memory = {k: getattr(mem, f"{k}_size_in_bytes") / 2**30
@@ -236,6 +244,10 @@ def check_fits(report: Report, config: ml_collections.ConfigDict) -> None:
   raise DoesNotFit(
       "\n".join(report.lines()) + f"\n{config.model.variant} at {per_chip} samples per chip needs "
       f"{report.peak_gib:.2f} GiB of {report.hbm_gib:.2f} GiB HBM per chip on {report.topology}. "
-      "Lower config.global_batch_size (fewer samples per chip), set config.model.remat=True "
-      "(recompute each block in the backward pass), or shard the parameters and optimizer state "
-      "with config.mesh.fsdp=-1, config.mesh.data=1.")
+      + _advice())
+
+
+def _advice() -> str:
+  return ("Lower config.global_batch_size (fewer samples per chip), set config.model.remat=True "
+          "(recompute each block in the backward pass), or shard the parameters and optimizer "
+          "state with config.mesh.fsdp=-1, config.mesh.data=1.")

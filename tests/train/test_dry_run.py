@@ -69,6 +69,27 @@ def test_does_not_fit_names_what_to_change(auto_report, monkeypatch):
     dry_run.check_fits(auto_report, _config())
 
 
+def test_compiler_out_of_memory_is_does_not_fit(monkeypatch, tmp_path):
+  """The TPU compiler may refuse a program itself (RESOURCE_EXHAUSTED, e.g. B/16 at 64 per chip on
+  v5e-256); that is the same one error naming what to change, not a traceback."""
+  import jax
+  from terrafm_jax.train import dry_run
+
+  class _Refused:
+    def lower(self, *args):
+      return self
+
+    def compile(self):
+      raise jax.errors.JaxRuntimeError(
+          "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+          "temporaries (17.08G) exceeds available HBM (15.75G).")
+
+  monkeypatch.setattr(dry_run.assemble, "jit_step", lambda *a, **k: _Refused())
+  with pytest.raises(dry_run.DoesNotFit, match=r"v5e:2x2: the TPU compiler ran out of HBM for "
+                     r"Mu/8 at 2 samples per chip \(RESOURCE_EXHAUSTED.*global_batch_size.*fsdp"):
+    dry_run.run(_config(), "v5e:2x2", str(tmp_path))
+
+
 def test_unknown_topology_is_a_config_error():
   from terrafm_jax.errors import ConfigError
   from terrafm_jax.train import dry_run
