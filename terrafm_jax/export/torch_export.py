@@ -92,6 +92,11 @@ def save_state_dict(state_dict: Mapping[str, np.ndarray], path: str) -> str:
     except ImportError as e:
       raise ImportError("writing .pth needs PyTorch: pip install 'terrafm-jax[torch]'") from e
     torch.save({k: torch.from_numpy(v) for k, v in arrays.items()}, tmp)
+  # safetensors writes through a private temporary file (mode 0600); give the export the mode any
+  # other file of this user gets (0644 under the usual umask), so others can read shared weights.
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(tmp, 0o666 & ~umask)
   os.replace(tmp, path)  # never leave a half-written weight file under the final name
   return path
 

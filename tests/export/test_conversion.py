@@ -44,6 +44,10 @@ def test_released_file_round_trip_is_exact(tmp_path, dino, ext):
   enc = student["encoder"]
   paths = torch_export.export_released(enc, "Mu/8", 32, str(tmp_path / f"w.{ext}"))
   assert [os.path.basename(p) for p in paths] == [f"w.{ext}", "w.contract.json"]
+  # The weights get the mode of any other file of the user (safetensors writes 0600 temporaries).
+  umask = os.umask(0)
+  os.umask(umask)
+  assert os.stat(paths[0]).st_mode & 0o777 == 0o666 & ~umask
   back, cfg = torch_import.load_pretrained(paths[0])
   assert cfg.variant == "Mu/8" and cfg.img_size == 32
   released = {k: v for k, v in enc.items()}
