@@ -64,6 +64,9 @@ def get_config(arg: str | None = None):
   c.transfer.enabled = True
   c.transfer.every_steps = 425
   c.transfer.pooling = "cls+mean"
+  # A second reading of the same teacher: each patch feature's mean and standard deviation over
+  # the image, the learned counterpart of the raw band statistics (docs/RESULTS.md 1.1).
+  c.transfer.also_poolings = ("mean+std",)
   c.transfer.pca_scene = "auto"
   if arg == "test":
     c.data.source = "random"

@@ -31,7 +31,7 @@ from terrafm_jax.eval import features as features_lib
 from terrafm_jax.eval import tasks as tasks_lib
 from terrafm_jax.eval.weights import Weights
 
-POOLINGS = ("cls", "mean", "cls+mean")
+POOLINGS = protocol.TRANSFER_POOLINGS
 FEATURE_SETS = ("pretrained", "random_init", "raw_band_stats")
 
 
@@ -40,14 +40,22 @@ class Settings:
   ks: tuple[int, ...] = protocol.KNN_KS
   temperature: float = protocol.KNN_TEMPERATURE
   input_size: int = 64           # EuroSAT's native 64 px; a multiple of the patch size
-  pooling: str = "cls"           # cls | mean (of the patch tokens) | cls+mean (concatenated)
+  pooling: str = "cls"           # protocol.TRANSFER_POOLINGS: the headline (and in-loop) reading
+  # Further readings of the same forward pass, scored at the end beside the headline, each against
+  # the random init read the same way and against raw band statistics.
+  also_poolings: tuple[str, ...] = ()
   num_bootstrap: int = 2000
   seed: int = 0
   batch_size: int = 30
 
   def __post_init__(self):
-    if self.pooling not in POOLINGS:
-      raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+    for p in (self.pooling, *self.also_poolings):
+      if p not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {p!r}")
+    if self.pooling in self.also_poolings or len(set(self.also_poolings)) < len(
+        self.also_poolings):
+      raise ValueError(f"also_poolings {self.also_poolings} repeats a pooling (the headline is "
+                       f"{self.pooling!r})")
     if not self.ks or min(self.ks) <= 0:
       raise ValueError(f"ks must be positive integers, got {self.ks}")
 
@@ -95,11 +103,20 @@ def band_stats(images: np.ndarray) -> np.ndarray:
 
 
 def pool(out: Mapping[str, Any], pooling: str):
-  """Image features from the encoder's outputs ("cls" (B, d), "patch" (B, h, w, d))."""
+  """Image features from the encoder's outputs ("cls" (B, d), "patch" (B, h, w, d)).
+
+  "mean+std" is each feature's mean and standard deviation over the patch tokens, as band_stats
+  is each band's over the pixels: the same summary of learned features and of raw pixels.
+  """
   if pooling == "cls":
     return out["cls"]
-  mean = out["patch"].reshape(out["patch"].shape[0], -1, out["patch"].shape[-1]).mean(axis=1)
-  return mean if pooling == "mean" else jnp.concatenate([out["cls"], mean], axis=1)
+  tokens = out["patch"].reshape(out["patch"].shape[0], -1, out["patch"].shape[-1])
+  mean = tokens.mean(axis=1)
+  if pooling == "mean":
+    return mean
+  if pooling == "mean+std":
+    return jnp.concatenate([mean, tokens.std(axis=1)], axis=1)
+  return jnp.concatenate([out["cls"], mean], axis=1)
 
 
 class TransferCheck:
@@ -120,13 +137,18 @@ class TransferCheck:
     self._forward = None
     self._baselines: dict[str, dict[int, np.ndarray]] = {}
 
-  def features(self, params) -> np.ndarray:
-    """(N, D) pooled features of every image."""
+  @property
+  def poolings(self) -> tuple[str, ...]:
+    return (self.settings.pooling, *self.settings.also_poolings)
+
+  def features(self, params) -> dict[str, np.ndarray]:
+    """{pooling: (N, D) features of every image}, every pooling from one forward pass."""
     s = self.settings
     if self._forward is None:
       w = Weights(params, self.model_config, self.contract, {"kind": "transfer-check"})
       fwd = features_lib.make_forward(w, (self.stem,), s.input_size, ("cls", "patch"))
-      self._forward = jax.jit(lambda p, x: pool(fwd(p, x), s.pooling))
+      poolings = self.poolings
+      self._forward = jax.jit(lambda p, x: {q: pool(fwd(p, x), q) for q in poolings})
     n, bs = len(self.inputs), s.batch_size
     out = []
     for lo in range(0, n, bs):
@@ -134,40 +156,57 @@ class TransferCheck:
       got = len(x)
       if got < bs:
         x = np.concatenate([x, np.repeat(x[-1:], bs - got, axis=0)])
-      out.append(np.asarray(self._forward(params, {self.stem: x}))[:got])
-    return np.concatenate(out)
+      out.append({q: np.asarray(f)[:got] for q, f in self._forward(params, {self.stem: x}).items()})
+    return {q: np.concatenate([o[q] for o in out]) for q in self.poolings}
 
   def correct(self, feats: np.ndarray) -> dict[int, np.ndarray]:
     s = self.settings
     return {k: loo_knn_correct(feats, self.labels, self.num_classes, k, s.temperature)
             for k in s.ks}
 
+  def _correct_sets(self, name: str, params) -> dict[str, dict[int, np.ndarray]]:
+    """{feature set name: per-k correctness}: `name` for the headline pooling, name.<pooling>
+    for the others."""
+    feats = self.features(params)
+    return {set_name(name, q, self.settings.pooling): self.correct(feats[q])
+            for q in self.poolings}
+
   def accuracy(self, params) -> dict[int, float]:
-    """LOO k-NN accuracy of `params` at every k (the in-loop reading)."""
-    return {k: float(c.mean()) for k, c in self.correct(self.features(params)).items()}
+    """LOO k-NN accuracy of `params` at every k, headline pooling (the in-loop reading)."""
+    feats = self.features(params)[self.settings.pooling]
+    return {k: float(c.mean()) for k, c in self.correct(feats).items()}
 
   def set_baselines(self, random_params) -> None:
     """Random-init and raw-pixel scores; fixed for a run, so computed once."""
-    self._baselines = {"random_init": self.correct(self.features(random_params)),
+    self._baselines = {**self._correct_sets("random_init", random_params),
                        "raw_band_stats": self.correct(band_stats(self.inputs))}
 
   def run(self, params) -> dict[str, Any]:
-    """The full reading: accuracies of the three feature sets and the paired intervals."""
+    """The full reading: accuracies of the feature sets and the paired intervals of each reading
+    of the teacher against the random init read the same way and against raw band statistics."""
     if not self._baselines:
       raise RuntimeError("call set_baselines(random_params) first")
     s = self.settings
-    sets = {"pretrained": self.correct(self.features(params)), **self._baselines}
+    sets = {**self._correct_sets("pretrained", params), **self._baselines}
     result: dict[str, Any] = {
         "num_images": int(len(self.labels)), "ks": list(s.ks), "temperature": s.temperature,
-        "pooling": s.pooling, "input_size": s.input_size, "num_bootstrap": s.num_bootstrap,
+        "pooling": s.pooling, "also_poolings": list(s.also_poolings), "input_size": s.input_size,
+        "num_bootstrap": s.num_bootstrap,
         "majority_class": float(np.bincount(self.labels).max() / len(self.labels)),
         "accuracy": {name: {str(k): float(c[k].mean()) for k in s.ks} for name, c in sets.items()},
         "intervals": {}}
-    for other in ("random_init", "raw_band_stats"):
-      result["intervals"][f"pretrained-{other}"] = {
-          str(k): paired_bootstrap(sets["pretrained"][k], sets[other][k], s.num_bootstrap,
-                                   s.seed) for k in s.ks}
+    for q in self.poolings:
+      mine = set_name("pretrained", q, s.pooling)
+      for other in (set_name("random_init", q, s.pooling), "raw_band_stats"):
+        result["intervals"][f"{mine}-{other}"] = {
+            str(k): paired_bootstrap(sets[mine][k], sets[other][k], s.num_bootstrap, s.seed)
+            for k in s.ks}
     return result
+
+
+def set_name(name: str, pooling: str, headline: str) -> str:
+  """"pretrained" / "random_init" for the headline pooling, "pretrained.mean+std" for another."""
+  return name if pooling == headline else f"{name}.{pooling}"
 
 
 def format_table(result: Mapping[str, Any]) -> str:
@@ -176,14 +215,13 @@ def format_table(result: Mapping[str, Any]) -> str:
   lines = [f"Real-pixel learning check: EuroSAT MS, {result['num_images']} images, leave-one-out "
            f"k-NN ({result['pooling']} features, {result['input_size']} px, T = "
            f"{result['temperature']}; majority class {result['majority_class']:.3f})",
-           "  " + f"{'features':<16}" + "".join(f"{f'k = {k}':>10}" for k in ks)]
-  for name in FEATURE_SETS:
-    lines.append("  " + f"{name:<16}" + "".join(
-        f"{result['accuracy'][name][str(k)]:>10.3f}" for k in ks))
+           "  " + f"{'features':<22}" + "".join(f"{f'k = {k}':>10}" for k in ks)]
+  for name, by_k in result["accuracy"].items():
+    lines.append("  " + f"{name:<22}" + "".join(f"{by_k[str(k)]:>10.3f}" for k in ks))
   for pair, by_k in result["intervals"].items():
     cells = "".join(f"  k={k}: {v['diff']:+.3f} [{v['lo']:+.3f}, {v['hi']:+.3f}]"
                     for k, v in by_k.items())
-    lines.append(f"  {pair:<32}{cells}")
+    lines.append(f"  {pair:<44}{cells}")
   return "\n".join(lines)
 
 
@@ -204,12 +242,13 @@ class InRun:
     self.check = TransferCheck(t.data_root or eurosat.default_root(), model_config, contract,
                                Settings(ks=tuple(t.ks), temperature=t.temperature,
                                         input_size=t.input_size, pooling=t.pooling,
+                                        also_poolings=tuple(t.get("also_poolings", ())),
                                         num_bootstrap=t.num_bootstrap, seed=t.seed))
     random_params = self._host(random_encoder_params)
     self._random_params = random_params
     if random_params is not None:
       self.check.set_baselines(random_params)
-    self.scene_path = _scene_path(t.pca_scene)
+    self.scene_paths = _scene_paths(t.pca_scene)
 
   @staticmethod
   def _host(params):
@@ -243,33 +282,40 @@ class InRun:
     return result, scalars
 
 
-  def pictures(self, teacher_encoder_params) -> dict[str, Any] | None:
-    """PCA pictures of the patch features of the real scene `config.transfer.pca_scene`, for the
-    teacher and the random init (eval/feature_pca.py); None without a scene or off process 0."""
+  def pictures(self, teacher_encoder_params) -> list[dict[str, Any]] | None:
+    """PCA pictures of the patch features of the real scenes `config.transfer.pca_scene`, for
+    the teacher and the random init (eval/feature_pca.py), one dict per scene; None without a
+    scene or off process 0."""
     params = self._host(teacher_encoder_params)
-    if params is None or not self.scene_path:
+    if params is None or not self.scene_paths:
       return None
     from terrafm_jax.eval import feature_pca  # pylint: disable=g-import-not-at-top
-    scene = feature_pca.read_scene(self.scene_path)
-    out = {"scene": self.scene_path}
-    for name, p in (("pretrained", params), ("random_init", self._random_params)):
-      w = Weights(p, self.check.model_config, self.check.contract, {"kind": "transfer-check"})
-      out[name] = feature_pca.scene_picture(w, scene)
+    out = []
+    for path in self.scene_paths:
+      scene = feature_pca.read_scene(path)
+      row = {"scene": path}
+      for name, p in (("pretrained", params), ("random_init", self._random_params)):
+        w = Weights(p, self.check.model_config, self.check.contract, {"kind": "transfer-check"})
+        row[name] = feature_pca.scene_picture(w, scene)
+      out.append(row)
     return out
 
 
-def _scene_path(choice: str) -> str:
-  """"" none; "auto" the default eo_samples scene if present; else a path that must exist."""
+def _scene_paths(choice: str) -> list[str]:
+  """"" none; "auto" the default eo_samples scenes that are present; else GeoTIFF paths, comma
+  separated, that must exist."""
   if not choice:
-    return ""
+    return []
   if choice == "auto":
     from terrafm_jax.eval import feature_pca
     from terrafm_jax.eval.readers import eosamples  # pylint: disable=g-import-not-at-top
-    path = os.path.join(eosamples.default_root(), feature_pca.DEFAULT_SCENE)
-    return path if os.path.exists(path) else ""
-  if not os.path.exists(choice):
-    raise FileNotFoundError(f"config.transfer.pca_scene={choice!r}: no such file")
-  return choice
+    paths = [os.path.join(eosamples.default_root(), s) for s in feature_pca.DEFAULT_SCENES]
+    return [p for p in paths if os.path.exists(p)]
+  paths = [p.strip() for p in choice.split(",") if p.strip()]
+  for p in paths:
+    if not os.path.exists(p):
+      raise FileNotFoundError(f"config.transfer.pca_scene: {p!r}: no such file")
+  return paths
 
 
 def maybe_create(config, contract: InputContract, random_encoder_params) -> InRun | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from terrafm_jax import protocol
 from terrafm_jax.errors import ConfigError
 from terrafm_jax.models import variants
 
@@ -88,8 +89,14 @@ def _validate(c: ml_collections.ConfigDict) -> None:
       raise ValueError(f"config.transfer needs positive ks, every_steps >= 0 and num_bootstrap "
                        f">= 100, got ks={t.ks}, every_steps={t.every_steps}, "
                        f"num_bootstrap={t.num_bootstrap}")
-    if t.pooling not in ("cls", "mean", "cls+mean"):
-      raise ValueError(f"config.transfer.pooling={t.pooling!r}: expected cls, mean or cls+mean")
+    for key, value in (("pooling", t.pooling),
+                       *(("also_poolings", v) for v in t.also_poolings)):
+      if value not in protocol.TRANSFER_POOLINGS:
+        raise ValueError(f"config.transfer.{key}: {value!r} is not one of "
+                         f"{', '.join(protocol.TRANSFER_POOLINGS)}")
+    if t.pooling in t.also_poolings or len(set(t.also_poolings)) < len(t.also_poolings):
+      raise ValueError(f"config.transfer.also_poolings={tuple(t.also_poolings)} repeats a "
+                       f"pooling (config.transfer.pooling={t.pooling!r})")
     if t.input_size % p:
       raise ValueError(f"config.transfer.input_size={t.input_size} is not a multiple of the "
                        f"patch size {p}")

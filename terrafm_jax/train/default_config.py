@@ -144,8 +144,12 @@ def get_base_config(variant: str = "B/16") -> ml_collections.ConfigDict:
   c.transfer = ml_collections.ConfigDict(dict(
       enabled=False, data_root="", skip_if_missing=True, every_steps=0, ks=protocol.KNN_KS,
       temperature=protocol.KNN_TEMPERATURE, input_size=64, pooling="cls", num_bootstrap=2000, seed=0,
-      # A real L1C scene whose patch features are drawn as PCA-RGB in report.png: "" none,
-      # "auto" the eo_samples scene of eval/feature_pca.py if present, or a GeoTIFF path.
+      # Further readings (protocol.TRANSFER_POOLINGS) of the teacher, scored at the end beside
+      # `pooling`, each against the random init read the same way and raw band statistics.
+      also_poolings=(),
+      # Real L1C scenes whose patch features are drawn as PCA-RGB in report.png: "" none,
+      # "auto" the eo_samples scenes of eval/feature_pca.py that are present, or GeoTIFF paths
+      # (comma separated).
       pca_scene=""))
 
   # In-loop evaluation (terrafm_jax/eval/inloop.py): a benchmark task and protocol scored on the

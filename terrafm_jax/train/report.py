@@ -37,7 +37,7 @@ def write_report(workdir: epath.Path, rows: Sequence[Mapping[str, Any]], *,
                  num_prototypes: int, natural: np.ndarray | None = None,
                  knn: Mapping[str, Any] | None = None,
                  transfer: Mapping[str, Any] | None = None,
-                 pictures: Mapping[str, Any] | None = None) -> epath.Path:
+                 pictures: Sequence[Mapping[str, Any]] | None = None) -> epath.Path:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -45,14 +45,18 @@ def write_report(workdir: epath.Path, rows: Sequence[Mapping[str, Any]], *,
   evals = sorted({k for r in rows for k in r if k.startswith("eval/") and
                   not k.endswith("_seconds")})
   panels = ["loss", "entropy", "exposure"] + (["eval"] if evals else []) + (
-      ["knn"] if knn else []) + (["transfer"] if transfer else []) + (
-      ["scene", "pca_pretrained", "pca_random_init"] if pictures else [])
+      ["knn"] if knn else []) + (["transfer"] if transfer else [])
+  if pictures:  # one row per scene, starting on a row of its own
+    panels += [f"blank{j}" for j in range(-len(panels) % 3)]
+    panels += [f"{k}{i}" for i in range(len(pictures))
+               for k in ("scene", "pca_pretrained", "pca_random_init")]
   cols = min(3, len(panels))
   nrows = math.ceil(len(panels) / cols)
   fig, axes = plt.subplots(nrows, cols, figsize=(5 * cols, 3.6 * nrows), squeeze=False)
   axes = list(axes.ravel())
-  for ax in axes[len(panels):]:
-    ax.axis("off")
+  for name, ax in zip(panels + [""] * len(axes), axes):
+    if not name or name.startswith("blank"):
+      ax.axis("off")
   ax = dict(zip(panels, axes))
 
   s, v = _series(rows, "loss")
@@ -93,17 +97,8 @@ def write_report(workdir: epath.Path, rows: Sequence[Mapping[str, Any]], *,
     ax["knn"].legend(fontsize=7)
   if transfer:
     _transfer_panel(ax["transfer"], transfer)
-  if pictures:
-    ax["scene"].imshow(pictures["pretrained"]["rgb"])
-    ax["scene"].set_title(f"real scene: {'/'.join(str(pictures['scene']).split('/')[-2:])}",
-                          fontsize=8)
-    for name in ("pretrained", "random_init"):
-      a = ax[f"pca_{name}"]
-      a.imshow(pictures[name]["pca"], interpolation="nearest")
-      a.set_title(f"{name}: patch features, PCA to RGB "
-                  f"({100 * pictures[name]['explained']:.0f} % of variance)", fontsize=8)
-    for k in ("scene", "pca_pretrained", "pca_random_init"):
-      ax[k].axis("off")
+  for i, pic in enumerate(pictures or ()):
+    _picture_row(ax, i, pic)
   fig.tight_layout()
   buf = io.BytesIO()
   fig.savefig(buf, format="png", dpi=100)
@@ -113,19 +108,38 @@ def write_report(workdir: epath.Path, rows: Sequence[Mapping[str, Any]], *,
   return out
 
 
+def _picture_row(ax, i: int, pic: Mapping[str, Any]) -> None:
+  """One real scene, and the PCA-RGB pictures of the teacher's and the random init's patch
+  features (eval/feature_pca.py)."""
+  ax[f"scene{i}"].imshow(pic["pretrained"]["rgb"])
+  ax[f"scene{i}"].set_title(f"real scene: {'/'.join(str(pic['scene']).split('/')[-2:])}",
+                            fontsize=8)
+  for name in ("pretrained", "random_init"):
+    a = ax[f"pca_{name}{i}"]
+    a.imshow(pic[name]["pca"], interpolation="nearest")
+    a.set_title(f"{name}: patch features, PCA to RGB "
+                f"({100 * pic[name]['explained']:.0f} % of variance)", fontsize=8)
+  for k in ("scene", "pca_pretrained", "pca_random_init"):
+    ax[f"{k}{i}"].axis("off")
+
+
 def _transfer_panel(ax, t: Mapping[str, Any]) -> None:
-  """Real-pixel check: accuracy per feature set and k, the paired intervals in the legend."""
+  """Real-pixel check: accuracy per feature set and k; each reading of the teacher is followed by
+  what it is compared with, the paired intervals (first k) in the legend."""
   ks = [str(k) for k in t["ks"]]
-  sets = ("pretrained", "random_init", "raw_band_stats")
+  sets = list(t["accuracy"])
+  width = 0.8 / len(sets)
   x = np.arange(len(ks))
   for i, name in enumerate(sets):
     vals = [t["accuracy"][name][k] for k in ks]
     label = name
-    if name != "pretrained":
-      iv = t["intervals"][f"pretrained-{name}"][ks[0]]
-      label += f" (pre - this, k={ks[0]}: {iv['diff']:+.3f} [{iv['lo']:+.3f}, {iv['hi']:+.3f}])"
-    ax.bar(x + (i - 1) * 0.27, vals, 0.27, label=label)
+    pairs = [p for p in t["intervals"] if p.endswith(f"-{name}")]
+    if pairs:
+      label += "; " + "; ".join(
+          f"{p.split('-')[0]} - this: {iv['diff']:+.3f} [{iv['lo']:+.3f}, {iv['hi']:+.3f}]"
+          for p in pairs for iv in [t["intervals"][p][ks[0]]])
+    ax.bar(x + (i - (len(sets) - 1) / 2) * width, vals, width, label=label)
   ax.axhline(t["majority_class"], color="grey", ls="--", lw=1, label="majority class")
   ax.set_xticks(x, [f"k = {k}" for k in ks])
-  ax.set(title=f"real EuroSAT, {t['num_images']} images: leave-one-out k-NN", ylim=(0, 1))
-  ax.legend(fontsize=6, loc="upper left")
+  ax.set(title=f"real EuroSAT ({t['num_images']} images): leave-one-out k-NN", ylim=(0, 1))
+  ax.legend(fontsize=5, loc="upper left")

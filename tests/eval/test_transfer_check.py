@@ -53,25 +53,60 @@ def test_band_stats():
   assert s.shape == (2, 6) and s[1, 0] == 1.0 and s[1, 3] == 1.0 and not s[0].any()
 
 
+def test_mean_std_pooling_is_band_stats_of_the_tokens():
+  # "mean+std" summarises the patch tokens as band_stats summarises the pixels.
+  tokens = np.random.default_rng(0).normal(size=(3, 4, 4, 5)).astype(np.float32)
+  out = {"cls": np.zeros((3, 5), np.float32), "patch": tokens}
+  np.testing.assert_allclose(np.asarray(tc.pool(out, "mean+std")), tc.band_stats(tokens),
+                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(tc.pool(out, "mean")), tokens.mean(axis=(1, 2)),
+                             rtol=1e-6)
+  assert np.asarray(tc.pool(out, "cls+mean")).shape == (3, 10)
+
+
+def test_scene_list(tmp_path):
+  a, b = tmp_path / "a.tif", tmp_path / "b.tif"
+  a.write_bytes(b"x")
+  b.write_bytes(b"x")
+  assert tc._scene_paths("") == []
+  assert tc._scene_paths(f"{a}, {b}") == [str(a), str(b)]
+  with pytest.raises(FileNotFoundError, match="nope.tif"):
+    tc._scene_paths(f"{a},{tmp_path / 'nope.tif'}")
+
+
 def test_check_plumbing(tmp_path):
   root = make_folder(tmp_path, per_class=(("Forest", 4), ("River", 3), ("SeaLake", 3)))
   mc = get_model_config("Mu/8")
   mc.img_size = 32
   settings = tc.Settings(ks=(3, 1), input_size=32, pooling="cls+mean", num_bootstrap=200,
-                         batch_size=8)
+                         batch_size=8, also_poolings=("mean+std",))
   check = tc.TransferCheck(root, mc, DEFAULT_CONTRACT, settings)
   assert check.inputs.shape == (20, 8, 8, 12) and check.stem == "s2_l1c"
   p0 = weights_lib.random_params(mc, seed=0)
   p1 = weights_lib.random_params(mc, seed=1)
   feats = check.features(p0)
-  assert feats.shape == (20, 2 * p0["cls_token"].shape[-1]) and np.isfinite(feats).all()
+  d = p0["cls_token"].shape[-1]
+  assert feats["cls+mean"].shape == feats["mean+std"].shape == (20, 2 * d)
+  assert np.isfinite(feats["mean+std"]).all()
+  # The two readings share the patch-token mean: cls+mean is [cls, mean], mean+std [mean, std].
+  np.testing.assert_allclose(feats["cls+mean"][:, d:], feats["mean+std"][:, :d], rtol=1e-6)
   with pytest.raises(RuntimeError, match="set_baselines"):
     check.run(p0)
   check.set_baselines(p0)
   same = check.run(p0)     # the "pretrained" weights are the random init: no difference
   assert same["intervals"]["pretrained-random_init"]["3"] == {"diff": 0.0, "lo": 0.0, "hi": 0.0}
+  assert same["intervals"]["pretrained.mean+std-random_init.mean+std"]["3"]["diff"] == 0.0
   other = check.run(p1)
-  assert set(other["accuracy"]) == set(tc.FEATURE_SETS)
+  assert list(other["accuracy"]) == ["pretrained", "pretrained.mean+std", "random_init",
+                                     "random_init.mean+std", "raw_band_stats"]
+  assert list(other["intervals"]) == [
+      "pretrained-random_init", "pretrained-raw_band_stats",
+      "pretrained.mean+std-random_init.mean+std", "pretrained.mean+std-raw_band_stats"]
+  # Each reading is scored as if it were the only one.
+  alone = tc.TransferCheck(root, mc, DEFAULT_CONTRACT, tc.Settings(
+      ks=(3, 1), input_size=32, pooling="mean+std", num_bootstrap=200, batch_size=8))
+  alone.set_baselines(p0)
+  assert alone.run(p1)["accuracy"]["pretrained"] == other["accuracy"]["pretrained.mean+std"]
   acc = other["accuracy"]["pretrained"]
   assert acc == {str(k): v for k, v in check.accuracy(p1).items()}
   assert other["num_images"] == 20 and other["majority_class"] == 0.4
@@ -79,6 +114,8 @@ def test_check_plumbing(tmp_path):
   assert "raw_band_stats" in table and "pretrained-random_init" in table and "k = 3" in table
   with pytest.raises(ValueError, match="pooling"):
     tc.Settings(pooling="max")
+  with pytest.raises(ValueError, match="repeats"):
+    tc.Settings(pooling="cls", also_poolings=("cls",))
 
 
 def test_main_job_prints_logs_and_draws_the_check(tmp_path, run_mod):
@@ -89,9 +126,11 @@ def test_main_job_prints_logs_and_draws_the_check(tmp_path, run_mod):
   wd = tmp_path / "wd"
   scene = str(tmp_path / "scene.tif")
   write_tif(scene, np.random.default_rng(0).integers(100, 3000, (13, 40, 40)))
+  scene2 = str(tmp_path / "scene2.tif")
+  write_tif(scene2, np.random.default_rng(1).integers(100, 3000, (13, 48, 48)))
   proc = run_mod("terrafm_jax.train", [
       "--config=configs/smoke.py:test", f"--workdir={wd}", "--config.write_report=True",
-      f"--config.transfer.pca_scene={scene}",
+      f"--config.transfer.pca_scene={scene},{scene2}",
       "--config.transfer.enabled=True", "--config.transfer.every_steps=4",
       f"--config.transfer.data_root={root}", "--config.transfer.input_size=32",
       "--config.transfer.num_bootstrap=200", "--config.transfer.ks=(3,1)"])
@@ -100,7 +139,10 @@ def test_main_job_prints_logs_and_draws_the_check(tmp_path, run_mod):
   assert "pretrained-random_init" in out and "real-pixel check k3" in out
   import json
   res = json.loads((wd / "transfer_check.json").read_text())
-  assert set(res["accuracy"]) == set(tc.FEATURE_SETS) and res["ks"] == [3, 1]
+  assert set(res["accuracy"]) == {"pretrained", "random_init", "raw_band_stats",
+                                  "pretrained.mean+std", "random_init.mean+std"}
+  assert res["ks"] == [3, 1] and res["also_poolings"] == ["mean+std"]
+  assert "pretrained.mean+std-raw_band_stats" in out
   rows = [json.loads(line) for line in (wd / "metrics.jsonl").read_text().splitlines()]
   last = max(r["step"] for r in rows)
   inloop = [r["step"] for r in rows if "eval/eurosat_ms/loo_knn_k3" in r]
@@ -110,6 +152,10 @@ def test_main_job_prints_logs_and_draws_the_check(tmp_path, run_mod):
   assert "transfer/pretrained-random_init/k3/lo" in final[0]
   assert final[0]["transfer/pretrained/k3"] == res["accuracy"]["pretrained"]["3"]
   assert (wd / "report.png").stat().st_size > 10_000
+  # Two rows of panels (loss, entropy, exposure; the check), then one row per scene: 4 rows of
+  # 3.6 in at 100 dpi.
+  import matplotlib.pyplot as plt
+  assert plt.imread(str(wd / "report.png")).shape[:2] == (1440, 1500)
 
 
 def test_missing_eurosat_folder(tmp_path):
