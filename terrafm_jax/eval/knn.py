@@ -58,7 +58,8 @@ def knn_accuracy(train_features, train_labels, test_features, test_labels, num_c
 
 
 def knn_predict_multilabel(train_features: np.ndarray, train_labels: np.ndarray,
-                           test_features: np.ndarray, k: int = protocol.KNN_K, temperature: float = protocol.KNN_TEMPERATURE,
+                           test_features: np.ndarray, k: int = protocol.KNN_K,
+                           temperature: float = protocol.KNN_TEMPERATURE,
                            chunk: int = 1024) -> np.ndarray:
   """(n_test, C) int64 0/1: one binary weighted kNN per class (Galileo's multilabel kNN).
 
@@ -82,7 +83,8 @@ def knn_predict_multilabel(train_features: np.ndarray, train_labels: np.ndarray,
           else np.zeros((0, labels.shape[1]), np.int64))
 
 
-def knn_multilabel_f1(train_features, train_labels, test_features, test_labels, k: int = protocol.KNN_K,
+def knn_multilabel_f1(train_features, train_labels, test_features, test_labels,
+                      k: int = protocol.KNN_K,
                       temperature: float = protocol.KNN_TEMPERATURE) -> float:
   """Micro-F1 of `knn_predict_multilabel` (GEO-Bench m-BigEarthNet kNN score)."""
   pred = knn_predict_multilabel(train_features, train_labels, test_features, k, temperature)

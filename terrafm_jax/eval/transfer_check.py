@@ -32,7 +32,6 @@ from terrafm_jax.eval import tasks as tasks_lib
 from terrafm_jax.eval.weights import Weights
 
 POOLINGS = protocol.TRANSFER_POOLINGS
-FEATURE_SETS = ("pretrained", "random_init", "raw_band_stats")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,7 +147,11 @@ class TransferCheck:
       w = Weights(params, self.model_config, self.contract, {"kind": "transfer-check"})
       fwd = features_lib.make_forward(w, (self.stem,), s.input_size, ("cls", "patch"))
       poolings = self.poolings
-      self._forward = jax.jit(lambda p, x: {q: pool(fwd(p, x), q) for q in poolings})
+
+      def forward(p, x):
+        out = fwd(p, x)  # one encoder pass, every reading pooled from it
+        return {q: pool(out, q) for q in poolings}
+      self._forward = jax.jit(forward)
     n, bs = len(self.inputs), s.batch_size
     out = []
     for lo in range(0, n, bs):

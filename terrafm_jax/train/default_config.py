@@ -143,7 +143,8 @@ def get_base_config(variant: str = "B/16") -> ml_collections.ConfigDict:
   # run; the teacher's accuracy also every `every_steps` (0 = only at the end).
   c.transfer = ml_collections.ConfigDict(dict(
       enabled=False, data_root="", skip_if_missing=True, every_steps=0, ks=protocol.KNN_KS,
-      temperature=protocol.KNN_TEMPERATURE, input_size=64, pooling="cls", num_bootstrap=2000, seed=0,
+      temperature=protocol.KNN_TEMPERATURE, input_size=64, pooling="cls", num_bootstrap=2000,
+      seed=0,
       # Further readings (protocol.TRANSFER_POOLINGS) of the teacher, scored at the end beside
       # `pooling`, each against the random init read the same way and raw band statistics.
       also_poolings=(),

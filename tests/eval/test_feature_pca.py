@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from terrafm_jax.eval import feature_pca
 
@@ -33,11 +34,17 @@ def test_components_share_one_colour_scale():
   assert rgb[..., 1].std() > 5 * rgb[..., 2].std()
 
 
-def test_noise_alone_is_grey_noise_not_structure():
-  tokens, _ = _tokens(noise=0.0)
-  rgb_clean, _ = feature_pca.pca_rgb(tokens)
-  rng = np.random.default_rng(1)
-  noise = rng.normal(size=(16, 16, 32))
+def test_picture_depends_on_the_tokens_shape_not_their_scale_or_offset():
+  # One colour scale set by the data itself: scaling or shifting every token changes nothing,
+  # so pictures of networks with different feature norms compare.
+  tokens, _ = _tokens(noise=0.05)
+  rgb, explained = feature_pca.pca_rgb(tokens)
+  rgb2, explained2 = feature_pca.pca_rgb(10.0 * tokens + 3.0)
+  np.testing.assert_allclose(np.abs(rgb2 - 0.5), np.abs(rgb - 0.5), atol=1e-9)
+  assert explained2 == pytest.approx(explained)
+  # Pure noise: no direction stands out, and the three colours spread alike.
+  noise = np.random.default_rng(1).normal(size=(16, 16, 32))
   rgb, explained = feature_pca.pca_rgb(noise)
-  assert explained < 0.5                       # no direction stands out
-  assert np.isfinite(rgb).all() and rgb_clean.shape == rgb.shape
+  assert explained < 0.5
+  spreads = rgb.reshape(-1, 3).std(axis=0)
+  assert spreads.min() > 0.5 * spreads.max()
